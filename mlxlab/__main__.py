@@ -1,0 +1,7 @@
+"""`python -m mlxlab` runs the CLI."""
+
+import sys
+
+from mlxlab.cli import main
+
+sys.exit(main())

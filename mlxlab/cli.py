@@ -1,0 +1,234 @@
+"""The `mlxlab` command: one verb per stage, a thin shell over the Python API.
+
+Heavy modules (mlx, mlx_lm, llama_cpp) are imported inside the handlers only, so `mlxlab --help`
+stays fast. An `MlxlabError` is printed as one clear message (exit 1; usage errors exit 2);
+anything else is a bug and shows its traceback only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlxlab.config import (DeviceConfig, ModelConfig, TaxonomyConfig, add_arguments, load_config,
+                           overrides_from_args, resolve)
+from mlxlab.errors import MlxlabError, UsageError
+
+
+def _settings(args: argparse.Namespace, cls: type):
+    """`cls` resolved from defaults < config files < the flags given."""
+    return resolve(cls, file_config=load_config(args.config), **overrides_from_args(args, cls))
+
+
+def _setup_device(args: argparse.Namespace) -> DeviceConfig:
+    from mlxlab import device
+
+    cfg = _settings(args, DeviceConfig)
+    device.select_device(cfg.device)
+    device.dtype_name(cfg.dtype)  # validates the value early
+    if cfg.dtype != "auto":
+        import os
+        os.environ[device.DTYPE_ENV] = cfg.dtype
+    return cfg
+
+
+def _print(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- verbs
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from mlxlab.config import init_config, user_config_path
+
+    path = init_config(args.path, force=args.force)
+    _print(f"wrote {path}")
+    if user_config_path().is_file():
+        _print(f"also reading your user settings from {user_config_path()} (the project file wins)")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mlxlab import device
+
+    _setup_device(args)
+    info = device.device_info(measure=not args.no_measure)
+    if args.json:
+        _print(json.dumps(dataclasses.asdict(info), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    rows = [
+        ("system", f"{info.system} ({info.machine})"),
+        ("cpu", f"{info.cpu}, {info.cpu_count} cores"),
+        ("memory", f"{info.memory_gb:.1f} GB"),
+        ("python", info.python),
+        ("mlx", f"{info.mlx_version}, backend {info.backend}"),
+        ("default device", info.default_device),
+        ("compute dtype", info.dtype),
+        ("blas", info.blas),
+        ("float32 matmul", f"{info.matmul_gflops:.1f} GFLOP/s (512x512)" if info.matmul_gflops else "not measured"),
+        ("llama.cpp", info.llama_cpp),
+        ("llama.cpp threads", str(device.llama_threads())),
+    ]
+    if info.wired_limit_note:
+        rows.append(("metal memory", info.wired_limit_note))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/bold]", value)
+    Console().print(table)
+    return 0
+
+
+def _taxonomy_roots(args: argparse.Namespace) -> tuple[TaxonomyConfig, list[str]]:
+    cfg = _settings(args, TaxonomyConfig)
+    return cfg, list(args.paths) or [cfg.taxonomy]
+
+
+def _report_taxonomy(reports, args: argparse.Namespace) -> int:
+    from mlxlab.taxonomy import format_report
+
+    if args.json:
+        _print(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        _print(format_report(reports))
+    return 0 if all(r.valid for r in reports) else 1
+
+
+def _cmd_taxonomy_validate(args: argparse.Namespace) -> int:
+    cfg, paths = _taxonomy_roots(args)
+    from mlxlab.taxonomy import validate
+
+    reports = validate(paths, strict=cfg.strict, fetch_documents=cfg.fetch_documents)
+    return _report_taxonomy(reports, args)
+
+
+def _cmd_taxonomy_diff(args: argparse.Namespace) -> int:
+    cfg, paths = _taxonomy_roots(args)
+    if len(paths) != 1:
+        raise UsageError("taxonomy diff takes one taxonomy root")
+    from mlxlab.taxonomy import diff
+
+    reports = diff(paths[0], base=args.base, strict=cfg.strict, fetch_documents=cfg.fetch_documents)
+    if not reports and not args.json:
+        _print("no new or changed leaves")
+        return 0
+    return _report_taxonomy(reports, args)
+
+
+def _cmd_model_import(args: argparse.Namespace) -> int:
+    from mlxlab.models import import_gguf, resolve_model
+
+    ref = args.ref or _settings(args, ModelConfig).model
+    if str(ref).endswith(".gguf") or args.output or args.force:
+        from mlxlab.models import EMBEDDED, embedded_gguf
+
+        source = embedded_gguf() if ref == EMBEDDED else Path(ref)
+        if not str(source).endswith(".gguf"):
+            raise UsageError(f"--output and --force apply to GGUF imports; {ref!r} is not a .gguf file")
+        result = import_gguf(source, args.output, force=args.force)
+        state = "already imported" if result.cached else f"imported in {result.seconds:.1f} s"
+        _print(f"{result.source} -> {result.path}\n  {result.architecture}, {result.parameters / 1e6:.1f}M "
+               f"parameters, {result.quantization}; {state}")
+        return 0
+    path = resolve_model(ref)
+    _print(f"{ref} -> {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="mlxlab",
+        description="Teach an open model something new on one laptop: taxonomy -> synthetic data -> "
+                    "LoRA/QLoRA -> GGUF, on MLX.")
+    from mlxlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"mlxlab {__version__}")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="project settings file (default: ./mlxlab.yaml when present)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = verbs.add_parser("init", help="write a commented mlxlab.yaml with every setting")
+    p.add_argument("path", nargs="?", default="mlxlab.yaml", help="where to write it (default: mlxlab.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(handler=_cmd_init)
+
+    p = verbs.add_parser("info", help="machine, MLX backend, BLAS, dtype policy, llama.cpp")
+    add_arguments(p, DeviceConfig)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-measure", action="store_true", help="skip the matmul speed measurement")
+    p.set_defaults(handler=_cmd_info)
+
+    tax = verbs.add_parser("taxonomy", help="validate and diff InstructLab taxonomies (qna.yaml)")
+    tax_verbs = tax.add_subparsers(dest="taxonomy_verb", metavar="VERB")
+    tax.set_defaults(handler=lambda args: _missing_verb(tax))
+    p = tax_verbs.add_parser("validate", help="validate every qna.yaml under each root (or single files)")
+    p.add_argument("paths", nargs="*", metavar="ROOT_OR_FILE", help="taxonomy roots or qna.yaml files "
+                   "(default: the taxonomy setting, 'taxonomy')")
+    add_arguments(p, TaxonomyConfig, skip=("taxonomy",))
+    p.add_argument("--json", action="store_true", help="print one JSON array with a record per file")
+    p.set_defaults(handler=_cmd_taxonomy_validate)
+    p = tax_verbs.add_parser("diff", help="new and changed leaves against a git ref, validated")
+    p.add_argument("paths", nargs="*", metavar="ROOT", help="taxonomy root (default: 'taxonomy')")
+    p.add_argument("--base", default=None,
+                   help="git ref to compare with ('empty' = every leaf; default: origin/main, else main, else HEAD)")
+    add_arguments(p, TaxonomyConfig, skip=("taxonomy",))
+    p.add_argument("--json", action="store_true", help="print one JSON array with a record per file")
+    p.set_defaults(handler=_cmd_taxonomy_diff)
+
+    model = verbs.add_parser("model", help="resolve and import models")
+    model_verbs = model.add_subparsers(dest="model_verb", metavar="VERB")
+    model.set_defaults(handler=lambda args: _missing_verb(model))
+    p = model_verbs.add_parser("import", help="make REF loadable by MLX (GGUF -> MLX 4-bit, HF id -> download)")
+    p.add_argument("ref", nargs="?", default=None,
+                   help="'smollm2' (embedded default), a .gguf file, a local model folder, or a Hugging Face id")
+    p.add_argument("--output", default=None, help="where to write the imported model (GGUF only)")
+    p.add_argument("--force", action="store_true", help="import again even if a cached copy exists")
+    p.set_defaults(handler=_cmd_model_import)
+    return parser
+
+
+def _missing_verb(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mlxlab` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        sys.stderr.write(f"mlxlab: error: {exc}\n")
+        return 2
+    except MlxlabError as exc:
+        sys.stderr.write(f"mlxlab: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("mlxlab: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        if args.debug:
+            raise
+        sys.stderr.write(f"mlxlab: internal error: {type(exc).__name__}: {exc}\n"
+                         "  this is a bug in mlxlab; rerun with --debug for the traceback and report it\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
