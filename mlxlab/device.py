@@ -87,10 +87,12 @@ def bind_blas() -> str | None:
     try:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
+        # Runs at `import mlxlab`: never fail the import, say what happened and keep the stock BLAS.
         _blas_state["reason"] = f"could not load {path}: {exc}"
         if os.environ.get(BLAS_ENV):
-            raise MlxlabError(f"{BLAS_ENV}={path} could not be loaded: {exc}",
-                              hint=f"point {BLAS_ENV} at a libopenblas.so.0, or set {BLAS_ENV}=off") from exc
+            warnings.warn(f"{BLAS_ENV}={path} could not be loaded ({exc}); MLX keeps its reference BLAS. "
+                          f"Fix: point {BLAS_ENV} at a libopenblas.so.0, or set {BLAS_ENV}=off.",
+                          RuntimeWarning, stacklevel=2)
         return None
     _blas_state["bound"] = str(path)
     _blas_state["reason"] = "bound"
