@@ -1,0 +1,339 @@
+"""GGUF -> Hugging Face layout that mlx-lm loads: weights (kept quantized), config.json, tokenizer files.
+
+`convert(gguf, dest)` does the work; `mlxlab.models.import_gguf` adds caching and atomic writes.
+
+Tensor types:
+- Q4_0, Q4_1 and Q8_0 arrive from `mx.load` as MLX affine-quantized triplets (weight, scales, biases;
+  group size 32) and are kept packed: nothing is dequantized, so the import is exact.
+- F32, F16 and BF16 stay float.
+- Every other llama.cpp type (K-quants, IQ-quants, Q5_x, ...) is dequantized with gguf-py and
+  re-quantized to MLX affine 8-bit, group 32 (4-bit would add a second rounding on top of the
+  source's; 8-bit keeps it near-lossless at twice the memory). It is named in
+  `ImportResult.quantization` as "(requantized)".
+
+Architectures: llama (also SmolLM2, Mistral-style GGUFs with arch "llama") and qwen2.
+Tokenizers: byte-level BPE ("gpt2" model) only; SentencePiece ("llama") GGUFs raise MlxlabError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlxlab.device import import_mlx
+from mlxlab.errors import MlxlabError
+
+GROUP_SIZE = 32
+_MLX_NATIVE = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}   # what mx.load reads without loss
+_FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
+
+# GGUF tensor name (inside blk.N.) -> HF / mlx-lm module path (inside model.layers.N.)
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_SUFFIXES = {"weight", "scales", "biases", "bias"}
+
+# GGUF architecture -> (mlx-lm model_type, HF architectures entry, q/k rows permuted by llama.cpp)
+_ARCHS = {"llama": ("llama", "LlamaForCausalLM", True), "qwen2": ("qwen2", "Qwen2ForCausalLM", False)}
+
+# Pre-tokenizer regexes per `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp applies them
+# (a list is applied in sequence; the first of SmolLM's isolates every digit).
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+              r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+             r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_TOKENIZERS = {
+    **dict.fromkeys(["gpt2", "mpt", "olmo", "jais", "default"], [_GPT2_RE]),
+    **dict.fromkeys(["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"],
+                    [r"\p{N}", _GPT2_RE]),
+    **dict.fromkeys(["llama-bpe", "llama3", "dbrx", "smaug-bpe"], [_LLAMA3_RE]),
+    **dict.fromkeys(["qwen2", "stablelm2", "deepseek-r1-qwen"], [_QWEN2_RE]),
+}
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What `convert` wrote and found."""
+    architecture: str
+    quantization: str
+    parameters: int
+
+
+def read_gguf(path: Path):
+    """(metadata dict of plain Python values, {tensor name: GGML type name}) of a GGUF file."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # gguf-py raises ValueError / struct.error on junk
+        raise MlxlabError(f"not a readable GGUF file: {exc}", path=path,
+                          hint="check the download; a GGUF file starts with the bytes 'GGUF'") from exc
+    meta = {key: field.contents() for key, field in reader.fields.items()}
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    return reader, meta, types
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    """The HF/mlx-lm tensor name for a GGUF tensor name (None: not needed by mlx-lm)."""
+    base, _, suffix = gguf_name.rpartition(".")
+    if suffix not in _SUFFIXES:
+        return None
+    if base.startswith("blk."):
+        _, index, local = base.split(".", 2)
+        module = _LAYER_NAMES.get(local)
+        return f"model.layers.{index}.{module}.{suffix}" if module else None
+    module = _TOP_NAMES.get(base)
+    return f"{module}.{suffix}" if module else None
+
+
+def _unpermute_rows(x, n_heads: int):
+    """Undo llama.cpp's q/k row permutation (HF half-split rope -> interleaved) on rows of `x`."""
+    rows = x.shape[0]
+    half = rows // n_heads // 2
+    # llama.cpp did reshape(heads, 2, half).swapaxes(1, 2); the inverse swaps back the other way
+    return x.reshape(n_heads, half, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def _load_tensors(path: Path, reader, types: dict[str, str]) -> tuple[dict, dict[str, str]]:
+    """GGUF tensors as MLX arrays ({name: array}, quantized as triplets) and {tensor base: how}."""
+    mx = import_mlx()
+    how: dict[str, str] = {}
+    if set(types.values()) <= _MLX_NATIVE:
+        arrays = mx.load(str(path))
+        for name, kind in types.items():
+            base = name.rpartition(".")[0]
+            if kind.startswith("Q"):
+                how[base] = f"{kind.lower()} -> mlx {8 if kind == 'Q8_0' else 4}-bit g{GROUP_SIZE}"
+        return arrays, how
+    from gguf.quants import dequantize
+
+    arrays = {}
+    for tensor in reader.tensors:
+        kind = tensor.tensor_type.name
+        shape = [int(d) for d in reversed(tensor.shape)]   # GGML lists dims fastest-first
+        if kind in ("F32", "F16"):
+            arrays[tensor.name] = mx.array(np.asarray(tensor.data).reshape(shape))
+            continue
+        try:
+            values = dequantize(tensor.data, tensor.tensor_type).reshape(shape).astype(np.float32)
+        except NotImplementedError as exc:
+            raise MlxlabError(f"tensor {tensor.name} has GGML type {kind}, which gguf-py cannot dequantize",
+                              path=path, hint="re-quantize the model to Q4_0, Q4_1, Q8_0 or Q4_K_M") from exc
+        base = tensor.name.rpartition(".")[0]
+        if kind in _FLOAT_TYPES or len(shape) != 2 or shape[-1] % GROUP_SIZE:
+            # BF16/F64 stay float32 (float16 could overflow); small odd tensors stay float16
+            arrays[tensor.name] = mx.array(values if kind in _FLOAT_TYPES else values.astype(np.float16))
+            continue
+        # 8-bit: a 4-bit MLX grid cannot hold a K-quant's values (measured: top-1 agreement with
+        # llama.cpp 86% at 4-bit vs 90% at 8-bit on SmolLM2 Q4_K_M), so spend the memory for fidelity
+        bits = 8
+        weight, scales, biases = mx.quantize(mx.array(values), group_size=GROUP_SIZE, bits=bits)
+        arrays[tensor.name] = weight
+        arrays[f"{base}.scales"] = scales.astype(mx.float16)
+        arrays[f"{base}.biases"] = biases.astype(mx.float16)
+        how[base] = f"{kind.lower()} -> mlx {bits}-bit g{GROUP_SIZE} (requantized)"
+    return arrays, how
+
+
+def _meta(meta: dict, key: str, default=None, *, path: Path | None = None):
+    """`meta[key]`, or `default`, or an MlxlabError naming the missing key."""
+    if key in meta:
+        return meta[key]
+    if default is not None:
+        return default
+    raise MlxlabError(f"GGUF metadata has no {key!r}", path=path,
+                      hint="the file may come from an old or unusual converter; re-convert it with llama.cpp")
+
+
+def _architecture(meta: dict, path: Path) -> str:
+    """The GGUF's architecture, if import supports it; else an MlxlabError."""
+    arch = meta.get("general.architecture")
+    if arch not in _ARCHS:
+        raise MlxlabError(f"GGUF architecture {arch!r} is not supported for import", path=path,
+                          hint=f"supported: {', '.join(sorted(_ARCHS))}; or pass a Hugging Face model id")
+    return arch
+
+
+def build_config(meta: dict, weights: dict, path: Path, gguf_tensors=()) -> dict:
+    """config.json for mlx-lm from GGUF hyperparameters (and the weights, for quantization)."""
+    arch = _architecture(meta, path)
+    model_type, hf_arch, _ = _ARCHS[arch]
+    if "rope_freqs.weight" in gguf_tensors:
+        raise MlxlabError("this GGUF uses llama3-style rope scaling (rope_freqs), which import does not support yet",
+                          path=path, hint="pass the Hugging Face id (e.g. mlx-community/...) instead")
+    heads = int(_meta(meta, f"{arch}.attention.head_count", path=path))
+    hidden = int(_meta(meta, f"{arch}.embedding_length", path=path))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
+    rope_dim = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise MlxlabError(f"partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported", path=path)
+    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    config = {
+        "architectures": [hf_arch],
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "num_hidden_layers": int(_meta(meta, f"{arch}.block_count", path=path)),
+        "intermediate_size": int(_meta(meta, f"{arch}.feed_forward_length", path=path)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(_meta(meta, f"{arch}.attention.layer_norm_rms_epsilon", path=path)),
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 2048)),
+        "vocab_size": len(_meta(meta, "tokenizer.ggml.tokens", path=path)),
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+        "rope_traditional": False,   # q/k rows are un-permuted below, so HF's half-split rope applies
+    }
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+        config["rope_scaling"] = {"type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+    if bos is not None:
+        config["bos_token_id"] = int(bos)
+    if eos is not None:
+        config["eos_token_id"] = int(eos)
+    quant = _quantization_config(weights)
+    if quant:
+        config["quantization"] = config["quantization_config"] = quant
+    return config
+
+
+def _quantization_config(weights: dict) -> dict | None:
+    """mlx-lm's `quantization` entry: the common bits, plus per-module overrides where they differ."""
+    bits_of = {}
+    for name, value in weights.items():
+        if name.endswith(".scales"):
+            module = name[: -len(".scales")]
+            in_dims = value.shape[-1] * GROUP_SIZE
+            bits_of[module] = weights[f"{module}.weight"].shape[-1] * 32 // in_dims
+    if not bits_of:
+        return None
+    common = Counter(bits_of.values()).most_common(1)[0][0]
+    quant: dict = {"group_size": GROUP_SIZE, "bits": common}
+    for module, bits in sorted(bits_of.items()):
+        if bits != common:
+            quant[module] = {"group_size": GROUP_SIZE, "bits": bits}
+    # a 2-D float weight among quantized ones stays float; say so, since older mlx-lm would quantize it
+    for name, value in weights.items():
+        module = name[: -len(".weight")]
+        if name.endswith(".weight") and value.ndim == 2 and module not in bits_of:
+            quant[module] = False
+    return quant
+
+
+def convert_weights(arrays: dict, meta: dict) -> dict:
+    """GGUF-named MLX arrays -> HF/mlx-lm-named arrays, with llama's q/k rows un-permuted."""
+    arch = meta["general.architecture"]
+    permuted = _ARCHS.get(arch, ("", "", False))[2]
+    heads = int(meta[f"{arch}.attention.head_count"])
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    out = {}
+    for name, value in arrays.items():
+        hf = _hf_name(name)
+        if hf is None:
+            continue
+        if permuted and (".attn_q." in name or ".attn_k." in name):
+            # rows of weight, scales, biases (and a bias vector) all index output features
+            value = _unpermute_rows(value, heads if ".attn_q." in name else kv_heads)
+        out[hf] = value
+    return out
+
+
+def parameter_count(weights: dict) -> int:
+    """Logical parameters (a packed quantized matrix counts as rows x input features)."""
+    total = 0
+    for name, value in weights.items():
+        if name.endswith((".scales", ".biases")):
+            continue
+        scales = weights.get(name[: -len(".weight")] + ".scales") if name.endswith(".weight") else None
+        total += value.shape[0] * scales.shape[-1] * GROUP_SIZE if scales is not None else value.size
+    return int(total)
+
+
+def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json from the GGUF's tokenizer metadata."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise MlxlabError(f"GGUF tokenizer model {kind!r} is not supported for import (only byte-level BPE, 'gpt2')",
+                          path=path, hint="pass the Hugging Face id of the model instead of its GGUF file")
+    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    vocab = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    regexes = _PRE_TOKENIZERS.get(pre)
+    if regexes is None:
+        raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
+                          hint=f"known: {', '.join(sorted(_PRE_TOKENIZERS))}; or pass the Hugging Face id")
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    # 3 = control (<|im_end|>...), 4 = user-defined: both are matched whole, before BPE, as llama.cpp does
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                  for i, t in enumerate(types) if t == 3])
+    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                          for i, t in enumerate(types) if t == 4])
+
+    def token(key: str) -> str | None:
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+
+    bos, eos, unk, pad = token("bos"), token("eos"), token("unknown"), token("padding")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    single = (["$A:0"] if not add_bos else [bos, "$A:0"]) + ([eos] if add_eos else [])
+    pair = single + ["$B:1"] + ([eos] if add_eos else [])
+    specials = [(t, vocab[t]) for t in dict.fromkeys(x for x in (bos if add_bos else None,
+                                                                  eos if add_eos else None) if x)]
+    tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    tokenizer.save(str(dest / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(meta.get(f"{meta.get('general.architecture')}.context_length", 2048)),
+        "bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad or eos,
+        "add_bos_token": add_bos, "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": False,
+    }
+    if "tokenizer.chat_template" in meta:
+        config["chat_template"] = meta["tokenizer.chat_template"]
+    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def convert(path: Path, dest: Path) -> Converted:
+    """Write an mlx-lm-loadable model directory for the GGUF at `path` into the existing dir `dest`."""
+    mx = import_mlx()
+    reader, meta, types = read_gguf(path)
+    arch = _architecture(meta, path)          # before the slow part: fail fast
+    arrays, how = _load_tensors(path, reader, types)
+    del reader                                   # drops gguf-py's memory map of the file
+    weights = convert_weights(arrays, meta)
+    config = build_config(meta, weights, path, gguf_tensors=types)
+    build_tokenizer(meta, dest, path)
+    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if meta.get("tokenizer.chat_template"):
+        (dest / "chat_template.jinja").write_text(meta["tokenizer.chat_template"])
+    return Converted(architecture=arch, quantization=_describe(how, types), parameters=parameter_count(weights))
+
+
+def _describe(how: dict[str, str], types: dict[str, str]) -> str:
+    """'q4_1 -> mlx 4-bit g32' for the common case, then the other mappings with their counts."""
+    if not how:
+        floats = sorted({t.lower() for t in types.values()})
+        return "float (" + ", ".join(floats) + ")"
+    counts = Counter(how.values()).most_common()
+    parts = [counts[0][0]] + [f"{what} (x{n})" for what, n in counts[1:]]
+    return "; ".join(parts)
