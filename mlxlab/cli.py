@@ -28,9 +28,12 @@ def _setup_device(args: argparse.Namespace) -> DeviceConfig:
     cfg = _settings(args, DeviceConfig)
     device.select_device(cfg.device)
     device.dtype_name(cfg.dtype)  # validates the value early
-    if cfg.dtype != "auto":
-        import os
-        os.environ[device.DTYPE_ENV] = cfg.dtype
+    import os
+
+    # Stages read the policy from the environment, so a flag reaches every model load in this process.
+    for env, value in ((device.DTYPE_ENV, cfg.dtype), (device.DEQUANTIZE_ENV, cfg.dequantize_on_load)):
+        if value != "auto":
+            os.environ[env] = value
     return cfg
 
 
@@ -141,6 +144,111 @@ def _cmd_model_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mlxlab.config import TrainConfig
+
+    _setup_device(args)
+    cfg = _settings(args, TrainConfig)
+    model = args.model or _settings(args, ModelConfig).model
+    from mlxlab.train import train
+
+    result = train(model, args.data, args.output, config=cfg)
+    _print(f"adapters: {result.adapters}")
+    for it, path in result.checkpoints.items():
+        _print(f"  checkpoint {it}: {path}")
+    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    _print(f"{result.num_iters} iterations ({result.num_epochs:.2f} epochs): loss {result.final_loss:.4f}{val}, "
+           f"{result.tokens_per_second:.0f} tokens/s, padding {result.padding_fraction:.1%}, "
+           f"peak memory {result.peak_memory_gb:.2f} GB")
+    _print(f"log: {result.log}" + (f"  plot: {result.loss_plot}" if result.loss_plot else ""))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mlxlab.config import GenerateConfig
+
+    _setup_device(args)
+    cfg = _settings(args, GenerateConfig)
+    from mlxlab.sdg import generate_data
+
+    result = generate_data(config=cfg)
+    for leaf, kept in result.kept.items():
+        _print(f"{leaf}: {kept} samples kept")
+    _print(f"{result.samples} samples, {result.generated_tokens} tokens ({result.tokens_per_second:.1f} tok/s) "
+           f"in {result.seconds:.0f} s\ntrain: {result.train}\nvalid: {result.valid}\ntest: {result.test}\n"
+           f"report: {result.report}")
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from mlxlab.config import FuseConfig
+
+    _setup_device(args)
+    cfg = _settings(args, FuseConfig)
+    from mlxlab.fuse import fuse
+
+    result = fuse(args.model or _settings(args, ModelConfig).model, args.adapters, args.output,
+                  dequantize=cfg.dequantize, force=cfg.force)
+    state = "quantized" if result.quantized else "dequantized" if cfg.dequantize else "float"
+    _print(f"{result.path}: {result.fused_layers} layers merged ({state}) in {result.seconds:.1f} s")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mlxlab.config import ExportConfig
+
+    _setup_device(args)
+    cfg = _settings(args, ExportConfig)
+    from mlxlab.gguf_export import export_gguf, result_dict
+
+    result = export_gguf(args.model or _settings(args, ModelConfig).model, args.output, out_type=cfg.out_type,
+                         verify=cfg.verify, force=cfg.force)
+    if args.json:
+        _print(json.dumps(result_dict(result), indent=2))
+        return 0
+    _print(f"{result.path}: {result.architecture}, {result.out_type}, {result.size_bytes / 1e6:.1f} MB "
+           f"in {result.seconds:.1f} s")
+    if result.top1_agreement is not None:
+        _print(f"  llama.cpp vs MLX over {result.positions} positions: max abs logit difference "
+               f"{result.max_abs_logit_diff:.3g}, top-1 agreement {result.top1_agreement:.1%}")
+    _print(f"  Ollama: ollama create NAME -f {result.modelfile}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from mlxlab.config import ServeConfig
+
+    cfg = _settings(args, ServeConfig)
+    from mlxlab.serve import start_server
+
+    server = start_server(args.model or _settings(args, ModelConfig).model, host=cfg.host, port=cfg.port,
+                          api_key=cfg.api_key, n_ctx=cfg.n_ctx)
+    try:
+        _print(f"serving on {server.url} (OpenAI-compatible; Ctrl-C stops it)")
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        raise MlxlabError(f"the server stopped with code {server.process.returncode}:\n{server.log_tail()}")
+    finally:
+        server.stop()
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from mlxlab.config import ChatConfig
+
+    cfg = _settings(args, ChatConfig)
+    from mlxlab.chat import chat
+
+    model = None if cfg.url else (args.model or _settings(args, ModelConfig).model)
+    stream = (lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if args.question is not None else None
+    chat(model, url=cfg.url, question=args.question, system=cfg.system, temperature=cfg.temperature,
+         max_tokens=cfg.max_tokens, api_key=cfg.api_key, on_token=stream)
+    if args.question is not None:
+        _print()
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +302,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="where to write the imported model (GGUF only)")
     p.add_argument("--force", action="store_true", help="import again even if a cached copy exists")
     p.set_defaults(handler=_cmd_model_import)
+
+    from mlxlab.config import TrainConfig
+
+    p = verbs.add_parser("train", help="fine-tune with LoRA / DoRA / QLoRA on chat JSONL; checkpoints and --resume")
+    p.add_argument("--model", default=None, help="model reference (default: the model setting, 'smollm2')")
+    p.add_argument("--data", default="data", help="folder with train.jsonl (+ valid.jsonl) or one .jsonl file")
+    p.add_argument("--output", default="adapters", help="folder for adapters, checkpoints, log and plot")
+    add_arguments(p, TrainConfig)
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_train)
+
+    from mlxlab.config import GenerateConfig
+
+    p = verbs.add_parser("generate", help="synthetic data from a taxonomy with a teacher model (LAB pipelines)")
+    add_arguments(p, GenerateConfig)
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_generate)
+
+    from mlxlab.config import ChatConfig, ExportConfig, FuseConfig, ServeConfig
+
+    p = verbs.add_parser("fuse", help="merge LoRA/DoRA adapters into the base model (dequantizing a 4-bit base)")
+    p.add_argument("--model", default=None, help="base model reference (default: the model setting, 'smollm2')")
+    p.add_argument("--adapters", default="adapters", help="adapter folder (adapter_config.json + adapters.safetensors)")
+    p.add_argument("--output", default="fused", help="folder for the fused model")
+    add_arguments(p, FuseConfig)
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_fuse)
+
+    p = verbs.add_parser("export", help="write a GGUF (f16, q8_0, q4_k_m, ...) for llama.cpp / Ollama, checked against MLX")
+    p.add_argument("model", nargs="?", default=None, help="model folder, .gguf-imported model or reference "
+                   "(default: the model setting)")
+    p.add_argument("--output", default="gguf", help="a .gguf file, or a folder for <model>-<type>.gguf")
+    add_arguments(p, ExportConfig)
+    add_arguments(p, DeviceConfig)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_cmd_export)
+
+    p = verbs.add_parser("serve", help="OpenAI-compatible server: llama.cpp for a .gguf, mlx-lm for an MLX model")
+    p.add_argument("model", nargs="?", default=None, help="a .gguf file or an MLX model (default: the model setting)")
+    add_arguments(p, ServeConfig)
+    p.set_defaults(handler=_cmd_serve)
+
+    p = verbs.add_parser("chat", help="chat in the terminal with a model or a running server (--url); -q: one answer")
+    p.add_argument("model", nargs="?", default=None, help="a .gguf file or an MLX model to serve for the chat")
+    p.add_argument("-q", "--question", default=None, help="ask once, print the answer, exit")
+    add_arguments(p, ChatConfig)
+    p.set_defaults(handler=_cmd_chat)
     return parser
 
 

@@ -29,6 +29,9 @@ class DeviceConfig:
     device: str = field(default="auto", metadata={"help": "auto | gpu | cpu (auto: Metal or CUDA when present)"})
     dtype: str = field(default="auto", metadata={
         "help": "auto | float32 | float16 | bfloat16 (auto: float32 on CPU, float16 on GPU)"})
+    dequantize_on_load: str = field(default="auto", metadata={
+        "help": "auto | always | never: expand 4-bit models to floats (auto: on the CPU when the float copy "
+                "is small, since MLX's CPU quantized kernels are ~10x slower)"})
 
 
 @dataclass
@@ -47,11 +50,85 @@ class TaxonomyConfig:
         "help": "resolve knowledge documents (clone repos, check patterns)"})
 
 
+@dataclass
+class TrainConfig:
+    """How adapters are trained (LoRA / DoRA / QLoRA / full) on chat JSONL data."""
+    method: str = field(default="lora", metadata={"help": "lora | dora | full (QLoRA = lora on a quantized base)"})
+    lora_rank: int = field(default=8, metadata={"help": "rank of the LoRA matrices"})
+    lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's 'scale'; alpha / rank elsewhere)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    num_layers: int = field(default=16, metadata={"help": "adapt the last N transformer blocks (-1: all)"})
+    lora_keys: list[str] = field(default_factory=list, metadata={
+        "help": "target modules inside a block, e.g. self_attn.q_proj,self_attn.v_proj (empty: every linear)"})
+    optimizer: str = field(default="adam", metadata={"help": "adam | adamw"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup from 0 over this many iterations"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine (decay to 0 at the end) | constant"})
+    batch_size: int = field(default=4, metadata={"help": "samples per micro-batch"})
+    grad_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_seq_length: int = field(default=2048, metadata={"help": "longer samples are cut to this many tokens"})
+    num_iters: int | None = field(default=None, metadata={
+        "help": "optimizer steps (or give num_epochs; neither: 100)"})
+    num_epochs: float | None = field(default=None, metadata={"help": "passes over the training data"})
+    save_at: list[int] = field(default_factory=list, metadata={"help": "iterations to checkpoint at, e.g. 100,250,500"})
+    save_every: int = field(default=100, metadata={"help": "also checkpoint every N iterations (0: off)"})
+    steps_per_eval: int = field(default=50, metadata={"help": "validation loss every N iterations (0: only at the end)"})
+    val_batches: int = field(default=25, metadata={"help": "validation batches per evaluation (-1: all)"})
+    mask_prompt: bool = field(default=True, metadata={"help": "train on the assistant's last reply only"})
+    grad_checkpoint: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    quantize: int | None = field(default=None, metadata={"help": "quantize the base to 4 or 8 bits on load (QLoRA)"})
+    seed: int = field(default=0, metadata={"help": "seed for adapter init, data order and dropout"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output"})
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic data generation (LAB skills and knowledge pipelines) with a teacher model."""
+    taxonomy: str = field(default="taxonomy", metadata={"help": "taxonomy root folder"})
+    teacher: str = field(default="smollm2", metadata={
+        "help": "teacher model: HF id, local dir, .gguf, 'smollm2'; with --teacher-url the server's model name"})
+    teacher_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible server (e.g. http://127.0.0.1:8080); uses the openai backend"})
+    teacher_backend: str = field(default="mlx", metadata={"help": "mlx | openai | llama-cpp"})
+    output: str = field(default="data", metadata={"help": "output folder for datasets, report and journals"})
+    samples_per_seed: int = field(default=2, metadata={"help": "generation attempts per seed example and leaf"})
+    seed: int = field(default=0, metadata={"help": "random seed (same seed, same data, also after a resume)"})
+    quiet: bool = field(default=False, metadata={"help": "plain log lines instead of the progress display"})
+    allow_empty: bool = field(default=False, metadata={"help": "let a leaf end with no samples (else an error)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of generation roles"})
+    judge_temperature: float = field(default=0.0, metadata={"help": "sampling temperature of judge roles"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold"})
+    max_tokens: int = field(default=192, metadata={"help": "most new tokens per generation"})
+    judge_max_tokens: int = field(default=64, metadata={"help": "most new tokens per judgement"})
+    batch_size: int = field(default=0, metadata={"help": "sequences decoded together (0: from free memory)"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight (openai backend)"})
+    prefix_cache: bool = field(default=True, metadata={"help": "prefill the prompts' shared prefix once (mlx)"})
+    question_threshold: int = field(default=1, metadata={"help": "keep questions judged at least this (0-1)"})
+    pair_threshold: int = field(default=2, metadata={"help": "keep question-answer pairs rated at least this (1-3)"})
+    require_faithful: bool = field(default=True, metadata={"help": "knowledge: keep only answers judged faithful"})
+    relevancy_threshold: int = field(default=2, metadata={"help": "knowledge: keep answers rated at least this (0-2)"})
+    question_quality_threshold: int = field(default=1, metadata={
+        "help": "knowledge: keep questions rated at least this (0-1)"})
+    tag_fallback: bool = field(default=True, metadata={
+        "help": "accept an untagged output as the value when it has no tags at all"})
+    rouge_threshold: float = field(default=0.7, metadata={
+        "help": "drop a question this ROUGE-L-similar to a kept or seed one (1: exact duplicates only)"})
+    chunk_tokens: int = field(default=500, metadata={"help": "knowledge document chunk size in teacher tokens"})
+    chunk_overlap: int = field(default=50, metadata={"help": "tokens of overlap between chunks"})
+    max_per_leaf: int = field(default=0, metadata={"help": "cap on samples kept per leaf (0: no cap)"})
+    valid_fraction: float = field(default=0.1, metadata={"help": "share of generated samples put in valid.jsonl"})
+    distractors: int = field(default=2, metadata={"help": "knowledge phase-2: unrelated chunks mixed into the context"})
+    replay: str | None = field(default=None, metadata={"help": "messages JSONL mixed into train.jsonl (replay)"})
+    replay_ratio: float = field(default=0.0, metadata={"help": "replay samples per generated sample (e.g. 0.5)"})
+
+
 # YAML section name -> its dataclass. Later stages add theirs here.
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig,
     "model": ModelConfig,
     "taxonomy": TaxonomyConfig,
+    "train": TrainConfig,
+    "generate": GenerateConfig,
 }
 
 
@@ -317,3 +394,43 @@ def init_config(path: str | Path = PROJECT_FILE, *, force: bool = False) -> Path
     tmp.write_text(render_default_config(), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+@dataclass
+class FuseConfig:
+    """Merging adapters into their base model."""
+    dequantize: bool = field(default=True, metadata={
+        "help": "save a quantized base dequantized (16-bit); --no-dequantize re-quantizes the merged layers"})
+    force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+
+
+@dataclass
+class ExportConfig:
+    """GGUF export for llama.cpp, Ollama and LM Studio, checked against MLX."""
+    out_type: str = field(default="f16", metadata={
+        "help": "f32 | f16 | bf16 | q8_0 (written directly) | q4_k_m | q5_k_m | q6_k | q4_0 | ... (llama.cpp)"})
+    verify: bool = field(default=True, metadata={"help": "compare llama.cpp's logits with MLX's after writing"})
+    force: bool = field(default=False, metadata={"help": "replace an existing GGUF file"})
+
+
+@dataclass
+class ServeConfig:
+    """The OpenAI-compatible server (llama.cpp for a GGUF, mlx-lm otherwise)."""
+    host: str = field(default="127.0.0.1", metadata={"help": "listen address (0.0.0.0 exposes it to the network)"})
+    port: int = field(default=8000, metadata={"help": "listen port (0: any free port)"})
+    api_key: str | None = field(default=None, metadata={"help": "require this key (Authorization: Bearer KEY)"})
+    n_ctx: int = field(default=2048, metadata={"help": "context length of the llama.cpp server"})
+
+
+@dataclass
+class ChatConfig:
+    """Terminal chat with a model or a running server."""
+    url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: serve the model)"})
+    api_key: str | None = field(default=None, metadata={"help": "the server's API key"})
+    system: str | None = field(default=None, metadata={"help": "system prompt"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    max_tokens: int = field(default=512, metadata={"help": "most new tokens per answer"})
+
+
+SECTIONS.update({"fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig})

@@ -227,8 +227,13 @@ def resolve_model(ref: str | Path | None = None) -> Path:
     return _from_hub(text)
 
 
-def load_model(ref: str | Path | None = None, *, dtype: str | None = None, lazy: bool = False):
-    """(model, tokenizer) for `ref` through `mlx_lm.load`, cast to the device's dtype policy."""
+def load_model(ref: str | Path | None = None, *, dtype: str | None = None,
+               dequantize_on_load: str | None = None, lazy: bool = False):
+    """(model, tokenizer) for `ref` through `mlx_lm.load`, in the device's precision policy.
+
+    `dtype` and `dequantize_on_load` ('auto' | 'always' | 'never') override the policy of `mlxlab.device`:
+    on the CPU, small 4-bit models are expanded to float32 (MLX's CPU 4-bit kernels are slow).
+    """
     from mlxlab.device import apply_dtype, import_mlx
 
     import_mlx()                       # binds OpenBLAS before mlx_lm imports mlx.core
@@ -240,4 +245,4 @@ def load_model(ref: str | Path | None = None, *, dtype: str | None = None, lazy:
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise MlxlabError(f"mlx-lm could not load this model: {exc}", path=path,
                           hint="is it a text model of an architecture mlx-lm supports?") from exc
-    return apply_dtype(model, dtype), tokenizer
+    return apply_dtype(model, dtype, dequantize_on_load=dequantize_on_load), tokenizer

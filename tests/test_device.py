@@ -103,7 +103,7 @@ def test_apply_dtype_keeps_4bit_weights_and_makes_scales_float32():
     q = nn.QuantizedLinear.from_linear(layer, group_size=32, bits=4)
     before = q(mx.ones((1, 64), dtype=mx.float16)).astype(mx.float32)
     assert q.scales.dtype == mx.float16
-    device.apply_dtype(q, "float32")
+    device.apply_dtype(q, "float32", dequantize_on_load="never")
     params = dict(tree_flatten(q.parameters()))
     assert params["weight"].dtype == mx.uint32
     assert params["scales"].dtype == mx.float32 and params["biases"].dtype == mx.float32
@@ -116,3 +116,23 @@ def test_llama_threads_is_one_on_two_cpus(monkeypatch):
     assert device.llama_threads() == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert device.llama_threads() >= 4
+
+
+def test_cpu_policy_dequantizes_small_quantized_models_exactly():
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    mx = device.import_mlx()
+    mx.set_default_device(mx.cpu)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32))
+    nn.quantize(model, group_size=32, bits=4)
+    x = mx.random.normal((2, 64))
+    reference = model(x)
+    assert device.is_quantized(model) and device.should_dequantize(model)
+    assert not device.should_dequantize(model, "never")
+    device.apply_dtype(model)
+    assert not device.is_quantized(model)
+    assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.parameters()))
+    np.testing.assert_allclose(np.array(model(x)), np.array(reference), atol=1e-5)
+    with pytest.raises(device.MlxlabError, match="unknown dequantize_on_load setting"):
+        device.should_dequantize(model, "sometimes")

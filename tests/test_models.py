@@ -98,7 +98,7 @@ def test_embedded_model_stays_quantized_and_computes_in_float32(smollm2_dir):
     import mlx.nn as nn
 
     mx = _mx()
-    model, tokenizer = load_model(smollm2_dir)
+    model, tokenizer = load_model(smollm2_dir, dequantize_on_load="never")
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, nn.QuantizedLinear) and q_proj.bits == 4 and q_proj.group_size == 32
     assert q_proj.weight.dtype == mx.uint32
@@ -106,6 +106,23 @@ def test_embedded_model_stays_quantized_and_computes_in_float32(smollm2_dir):
     embed = model.model.embed_tokens
     assert isinstance(embed, nn.QuantizedEmbedding) and embed.bits == 8
     assert tokenizer.chat_template
+
+
+def test_cpu_policy_expands_the_small_embedded_model_to_float32(smollm2_dir):
+    import mlx.nn as nn
+
+    mx = _mx()
+    mx.set_default_device(mx.cpu)
+    quantized, _ = load_model(smollm2_dir, dequantize_on_load="never")
+    model, _ = load_model(smollm2_dir)   # auto: 135M parameters are ~0.5 GB in float32
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj) is nn.Linear and q_proj.weight.dtype == mx.float32
+    ids = mx.array([[1, 504, 3458, 314, 260, 8376, 30, 2072, 314, 253, 2018]])
+    ours, kernel = np.array(model(ids)), np.array(quantized(ids))
+    # Same weights; MLX's CPU 4-bit kernel sums in another order (one q_proj differs by ~0.03 on
+    # random inputs), which 30 layers grow to ~0.1 at worst on logits of std ~5.5.
+    assert np.abs(ours - kernel).mean() < 0.05 and np.abs(ours - kernel).max() < 0.5
+    assert (ours.argmax(-1) == kernel.argmax(-1)).all()
 
 
 def test_imported_tokenizer_round_trips_and_matches_llama_cpp(smollm2_dir, smollm2_gguf):

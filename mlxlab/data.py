@@ -1,0 +1,144 @@
+"""Chat JSONL datasets for training: read with file:line errors, tokenize with prompt masking, batch by length.
+
+A dataset is a folder with `train.jsonl` (and optionally `valid.jsonl`), or one `.jsonl` file, holding one
+`{"messages": [{"role": ..., "content": ...}, ...]}` object per line. Tokenization goes through mlx-lm's
+`ChatDataset` (the model's chat template, prompt masking); batching is ours because mlx-lm's sorts the whole
+set by length and keeps no position we could resume from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlab.errors import MlxlabError
+
+PAD_MULTIPLE = 16      # pad batch widths to a multiple of this: fewer distinct shapes for mx.compile to trace
+BUCKET_BATCHES = 8     # a length bucket holds this many batches: sorted inside, shuffled as whole batches
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids of one split, with the offset where the loss starts (prompt masking) and what was cut."""
+    samples: list[tuple[list[int], int]]   # (tokens, first trained position)
+    truncated: int                         # samples longer than max_seq_length, cut to it
+    untrained: int                         # samples left out: no trained token left after the cut
+    path: Path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The chat records in one JSONL file; a bad line is an MlxlabError naming file:line."""
+    path = Path(path)
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MlxlabError(f"cannot read dataset: {exc}", path=path) from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MlxlabError(f"not valid JSON: {exc.msg}", path=path, line=number, column=exc.colno,
+                              hint='each line must be one {"messages": [...]} object') from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise MlxlabError('expected an object with a non-empty "messages" list', path=path, line=number)
+        for i, msg in enumerate(messages):
+            if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
+                    and isinstance(msg.get("content"), str)):
+                raise MlxlabError(f'messages[{i}] needs string "role" and "content"', path=path, line=number)
+        records.append(record)
+    return records
+
+
+def dataset_files(data: str | Path) -> tuple[Path, Path | None]:
+    """(train file, valid file or None) for a folder with train.jsonl/valid.jsonl or a single .jsonl."""
+    data = Path(data)
+    if data.is_file():
+        return data, None
+    if data.is_dir():
+        train = data / "train.jsonl"
+        if not train.is_file():
+            raise MlxlabError("no train.jsonl in the data folder", path=data,
+                              hint="put the training examples in train.jsonl (and optionally valid.jsonl)")
+        valid = data / "valid.jsonl"
+        return train, valid if valid.is_file() else None
+    raise MlxlabError("dataset not found", path=data, hint="pass a folder with train.jsonl or a .jsonl file")
+
+
+def data_hash(*paths: Path | None) -> str:
+    """A short content hash of the dataset files, recorded in checkpoints."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is not None:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def tokenize(records: list[dict], tokenizer, *, path: Path, max_seq_length: int,
+             mask_prompt: bool = True) -> Tokenized:
+    """Token ids for each record through the model's chat template; longer samples cut and counted."""
+    from mlx_lm.tuner.datasets import ChatDataset
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise MlxlabError("the model's tokenizer has no chat template, so chat data cannot be formatted",
+                          hint="use an instruction-tuned model, or add a chat_template to its tokenizer_config.json")
+    chat = ChatDataset(records, tokenizer, mask_prompt=mask_prompt)
+    samples, truncated, untrained = [], 0, 0
+    for record in records:
+        tokens, offset = chat.process(record)
+        tokens = list(tokens)
+        if len(tokens) > max_seq_length:
+            tokens = tokens[:max_seq_length]
+            truncated += 1
+        if offset >= len(tokens):
+            untrained += 1      # the cut removed every trained token: such a sample would only add padding
+            continue
+        samples.append((tokens, offset))
+    return Tokenized(samples, truncated, untrained, path)
+
+
+def batch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches of sample indices: shuffle, bucket, sort each bucket by length, shuffle the batches.
+
+    Deterministic in (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    bucket = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start:start + bucket], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def batches_per_epoch(count: int, batch_size: int) -> int:
+    """Batches in one epoch (the last may be smaller: no sample is dropped)."""
+    return math.ceil(count / batch_size)
+
+
+def make_batch(samples: list[tuple[list[int], int]], indices: list[int]):
+    """(tokens [B, T], [[offset, length]] per row, real tokens, padded slots) as MLX arrays for mlx-lm's loss."""
+    import mlx.core as mx
+    import numpy as np
+
+    rows = [samples[i] for i in indices]
+    longest = max(len(tokens) for tokens, _ in rows)
+    # the model sees width - 1 positions (inputs are shifted by one): keep that a multiple, as mlx-lm does
+    width = 1 + PAD_MULTIPLE * math.ceil((longest - 1) / PAD_MULTIPLE)
+    array = np.zeros((len(rows), width), np.int32)
+    for r, (tokens, _) in enumerate(rows):
+        array[r, :len(tokens)] = tokens
+    real = sum(len(tokens) for tokens, _ in rows)
+    # mlx-lm's default_loss trains targets t with offset <= t <= length; its own batcher passes len(tokens),
+    # which also trains one padding target per row, so pass the index of the last real token instead.
+    lengths = mx.array([[offset, len(tokens) - 1] for tokens, offset in rows])
+    return mx.array(array), lengths, real, array.size

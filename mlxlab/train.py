@@ -1,0 +1,530 @@
+"""Fine-tune a model with LoRA, DoRA, QLoRA or fully, on mlx-lm's tuner, with checkpoints that truly resume.
+
+mlx-lm provides the adapter layers (`linear_to_lora_layers`), the masked loss, the schedules and the adapter
+format; its training loop saves adapter weights only, so this module runs its own small loop whose checkpoints
+also hold the optimizer state, the step and the data position. The RNG key of every step is a pure function of
+(seed, step), so a run killed at any point and resumed from a checkpoint ends with the same adapters as a run
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
+from mlxlab.errors import MlxlabError
+
+DEFAULT_ITERS = 100
+# Settings that change the trajectory: a checkpoint made under other values cannot be resumed.
+_TRAJECTORY = ("method", "lora_rank", "lora_scale", "lora_dropout", "num_layers", "lora_keys", "optimizer",
+               "learning_rate", "warmup_steps", "lr_schedule", "batch_size", "grad_accumulation",
+               "max_seq_length", "mask_prompt", "quantize", "seed")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+    adapters: Path                  # folder with adapters.safetensors + adapter_config.json
+    checkpoints: dict[int, Path]    # iteration -> checkpoint folder
+    final_loss: float
+    val_loss: float | None
+    tokens_per_second: float
+    peak_memory_gb: float
+    padding_fraction: float
+    num_iters: int
+    num_epochs: float
+    truncated: int                  # training samples cut to max_seq_length
+    dropped: int                    # of those, samples left out because no reply token was left
+    log: Path
+    loss_plot: Path | None
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (paths as strings)."""
+        out = dataclasses.asdict(self)
+        out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the base model's parameter names, shapes and leading values (dtype-independent)."""
+    import hashlib
+
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    digest = hashlib.sha256()
+    for name, value in sorted(tree_flatten(model.parameters())):
+        digest.update(f"{name}:{tuple(value.shape)}".encode())
+        head = value.reshape(-1)[:32]
+        # float16 is exact for 16-bit originals upcast to float32, so CPU and Metal runs agree
+        head = head.astype(mx.float16) if mx.issubdtype(head.dtype, mx.floating) else head
+        digest.update(np.array(head).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_base(model_ref, cfg: TrainConfig):
+    """(model, tokenizer, fingerprint) with the device's dtype, quantized on load when `cfg.quantize` asks."""
+    import mlx.nn as nn
+
+    from mlxlab.device import apply_dtype
+    from mlxlab.models import load_model
+
+    # An explicit `quantize` asks for real QLoRA: keep a 4-bit base 4-bit even where the CPU policy
+    # would expand it.
+    model, tokenizer = load_model(model_ref, dequantize_on_load="never" if cfg.quantize else None)
+    fingerprint = model_fingerprint(model)
+    if cfg.quantize:
+        if cfg.quantize not in (4, 8):
+            raise MlxlabError(f"quantize must be 4 or 8, found {cfg.quantize}")
+        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            print("the base model is already quantized; quantize is ignored", file=sys.stderr)
+        else:
+            group = 64
+            nn.quantize(model, group_size=group, bits=cfg.quantize,
+                        class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % group == 0)
+            apply_dtype(model)
+    return model, tokenizer, fingerprint
+
+
+def adapter_config(cfg: TrainConfig, num_layers: int, model_ref: str) -> dict:
+    """mlx-lm's adapter_config.json fields, so `mlx_lm.load(base, adapter_path=...)` works."""
+    lora = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
+    if cfg.lora_keys:
+        lora["keys"] = list(cfg.lora_keys)
+    return {"fine_tune_type": cfg.method, "num_layers": num_layers, "model": model_ref,
+            "lora_parameters": None if cfg.method == "full" else lora,
+            "mlxlab": to_dict(cfg)["train"]}
+
+
+def attach_adapters(model, cfg: TrainConfig) -> int:
+    """Freeze the base and add trainable adapters (or unfreeze blocks for `full`); return the layers adapted."""
+    import mlx.nn as nn
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    layers = len(model.layers)
+    num_layers = layers if cfg.num_layers < 0 or cfg.num_layers > layers else cfg.num_layers
+    model.freeze()
+    if cfg.method == "full":
+        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            raise MlxlabError("method full cannot train a quantized base model",
+                              hint="use method lora (QLoRA), or load an unquantized model")
+        for layer in model.layers[-num_layers:]:
+            layer.unfreeze()
+    elif cfg.method in ("lora", "dora"):
+        params = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
+        if cfg.lora_keys:
+            params["keys"] = list(cfg.lora_keys)
+        linear_to_lora_layers(model, num_layers, params, use_dora=cfg.method == "dora")
+    else:
+        raise MlxlabError(f"unknown method {cfg.method!r}", hint="use one of: lora, dora, full")
+    if not any(True for _ in _flat(model.trainable_parameters())):
+        raise MlxlabError("nothing to train: no module matched lora_keys", hint="check --lora-keys")
+    return num_layers
+
+
+def _flat(tree) -> list:
+    from mlx.utils import tree_flatten
+    return tree_flatten(tree)
+
+
+def make_optimizer(cfg: TrainConfig, num_iters: int):
+    """Adam/AdamW with linear warmup and cosine decay (or a constant rate), via mlx-lm's schedule builder."""
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.utils import build_schedule
+
+    if cfg.lr_schedule == "cosine":
+        lr = build_schedule({"name": "cosine_decay", "warmup": cfg.warmup_steps,
+                             "arguments": [cfg.learning_rate, max(1, num_iters - cfg.warmup_steps), 0.0]})
+    elif cfg.lr_schedule == "constant":
+        lr = build_schedule({"name": "linear_schedule", "warmup": cfg.warmup_steps,
+                             "arguments": [cfg.learning_rate, cfg.learning_rate, 1]})
+    else:
+        raise MlxlabError(f"unknown lr_schedule {cfg.lr_schedule!r}", hint="use cosine or constant")
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise MlxlabError(f"unknown optimizer {cfg.optimizer!r}", hint="use adam or adamw")
+    return (optim.AdamW if cfg.optimizer == "adamw" else optim.Adam)(learning_rate=lr)
+
+
+def plan(num_batches: int, cfg: TrainConfig) -> tuple[int, float]:
+    """(num_iters, num_epochs): the one given decides, the other is derived from the batches per epoch."""
+    steps_per_epoch = num_batches / cfg.grad_accumulation
+    if cfg.num_iters is not None and cfg.num_epochs is not None:
+        raise MlxlabError("give num_iters or num_epochs, not both")
+    if cfg.num_epochs is not None:
+        if cfg.num_epochs <= 0:
+            raise MlxlabError(f"num_epochs must be positive, found {cfg.num_epochs}")
+        iters = max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+    else:
+        iters = cfg.num_iters if cfg.num_iters is not None else DEFAULT_ITERS
+        if iters <= 0:
+            raise MlxlabError(f"num_iters must be positive, found {iters}")
+    return iters, iters / steps_per_epoch
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_adapters(model, folder: Path, config: dict) -> None:
+    """adapters.safetensors + adapter_config.json in mlx-lm's format, each written atomically."""
+    import mlx.core as mx
+    from mlx_lm.utils import save_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(_flat(model.trainable_parameters()))
+    # mx.save_safetensors appends .safetensors to names without it, so the temp name keeps the suffix
+    tmp = folder / "adapters.tmp.safetensors"
+    mx.save_safetensors(str(tmp), weights)
+    os.replace(tmp, folder / "adapters.safetensors")
+    _write_atomic(folder / "adapter_config.json", lambda p: save_config(dict(config), p))
+
+
+def save_checkpoint(output: Path, step: int, model, optimizer, state: dict, config: dict) -> Path:
+    """checkpoints/iter_NNNNNN/: adapters, optimizer state and state.json (step, data position, RNG, model)."""
+    import mlx.core as mx
+
+    final = output / "checkpoints" / f"iter_{step:06d}"
+    staging = final.with_name(final.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_adapters(model, staging, config)
+    mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(_flat(optimizer.state)))
+    (staging / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def checkpoints(output: Path) -> dict[int, Path]:
+    """Complete checkpoints under `output` by iteration."""
+    found = {}
+    for path in (Path(output) / "checkpoints").glob("iter_*"):
+        if path.name[5:].isdigit() and (path / "state.json").is_file():
+            found[int(path.name[5:])] = path
+    return dict(sorted(found.items()))
+
+
+def _set_by_path(tree, key: str, value) -> None:
+    # the optimizer state must be updated in place: the compiled step holds on to its containers
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerprint: str, data_id: str) -> dict:
+    """Load a checkpoint's adapters and optimizer state after checking it belongs to this model, data and setup."""
+    import mlx.core as mx
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if state.get("model_fingerprint") != fingerprint:
+        raise MlxlabError(f"this checkpoint was made from a different base model ({state.get('model')})",
+                          path=path, hint="resume with the same --model, or train into a new --output")
+    if state.get("data_hash") != data_id:
+        raise MlxlabError("this checkpoint was made from different training data", path=path,
+                          hint="resume with the same --data, or train into a new --output")
+    saved = state.get("config", {})
+    changed = [k for k in _TRAJECTORY if k in saved and saved[k] != to_dict(cfg)["train"][k]]
+    if changed:
+        raise MlxlabError("cannot resume with changed settings: " + ", ".join(
+            f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed), path=path,
+            hint="use the settings of the interrupted run, or train into a new --output")
+    model.load_weights(str(path / "adapters.safetensors"), strict=False)
+    for key, value in mx.load(str(path / "optimizer.safetensors")).items():
+        _set_by_path(optimizer.state, key, value)
+    return state
+
+
+def plot_loss(log: Path, png: Path) -> Path | None:
+    """Training and validation loss against iteration as a PNG (None when matplotlib is missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train_rows = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
+    val_rows = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_rows:
+        ax.plot(*zip(*train_rows), label="train", linewidth=1)
+    if val_rows:
+        ax.plot(*zip(*val_rows), "o-", label="validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _write_atomic(png, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return png
+
+
+def _progress(total: int, start: int, quiet: bool):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                        disable=quiet or not console.is_terminal)
+    task = progress.add_task("train", total=total, completed=start, info="")
+    return progress, task
+
+
+def _read_tokenized(data, tokenizer, cfg: TrainConfig):
+    from mlxlab.data import data_hash, dataset_files, read_jsonl, tokenize
+
+    train_file, valid_file = dataset_files(data)
+    records = read_jsonl(train_file)
+    if not records:
+        raise MlxlabError("the training set is empty", path=train_file,
+                          hint='add one {"messages": [...]} object per line')
+    train_set = tokenize(records, tokenizer, path=train_file, max_seq_length=cfg.max_seq_length,
+                         mask_prompt=cfg.mask_prompt)
+    if not train_set.samples:
+        raise MlxlabError(f"no sample has an assistant token left within max_seq_length={cfg.max_seq_length}",
+                          path=train_file, hint="raise --max-seq-length or shorten the prompts")
+    valid_set = None
+    if valid_file is not None:
+        valid_records = read_jsonl(valid_file)
+        if valid_records:
+            valid_set = tokenize(valid_records, tokenizer, path=valid_file, max_seq_length=cfg.max_seq_length,
+                                 mask_prompt=cfg.mask_prompt)
+            valid_set = valid_set if valid_set.samples else None
+    return train_set, valid_set, data_hash(train_file, valid_file)
+
+
+def _validate(model, valid_set, cfg: TrainConfig) -> float:
+    from mlx_lm.tuner.trainer import default_loss, evaluate
+
+    from mlxlab.data import make_batch
+
+    def batches(dataset, batch_size, max_seq_length, comm_group=None, **_):
+        indices = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
+        for start in range(0, len(indices), batch_size):
+            tokens, lengths, _, _ = make_batch(dataset, indices[start:start + batch_size])
+            yield tokens, lengths
+
+    loss = evaluate(model, valid_set.samples, cfg.batch_size, cfg.val_batches, cfg.max_seq_length,
+                    loss=default_loss, iterate_batches=batches)
+    model.train()
+    return loss
+
+
+def train(model: str | Path | None, data: str | Path, output: str | Path, *, config: TrainConfig | None = None,
+          phases: list[dict] | None = None, init_adapters: str | Path | None = None, quiet: bool = False,
+          **overrides) -> TrainResult:
+    """Fine-tune `model` (a reference for `load_model`; None = the embedded default) on chat JSONL `data`.
+
+    Writes adapters, checkpoints, `train_log.jsonl`, `config.yaml` and `loss.png` into `output`. With
+    `resume=True` it continues from the newest checkpoint there. `phases` trains one phase after another
+    (see `train_phases`); `init_adapters` starts from earlier adapters instead of fresh ones.
+    """
+    if phases is not None:
+        return train_phases(model, phases, output, config=config, quiet=quiet, **overrides)
+    from mlxlab.device import import_mlx
+
+    mx = import_mlx()
+    import mlx.nn as nn
+    from mlx.nn.utils import average_gradients
+    from mlx.utils import tree_map
+    from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    from mlxlab.data import batch_order, batches_per_epoch, make_batch
+
+    cfg = config if config is not None else TrainConfig()
+    cfg = resolve(TrainConfig, **{**dataclasses.asdict(cfg), **overrides})
+    output = Path(output)
+    model_ref = str(model) if model is not None else "smollm2"
+    existing = checkpoints(output)
+    if existing and not cfg.resume:
+        raise MlxlabError("the output folder holds checkpoints from an earlier run", path=output,
+                          hint="pass --resume to continue it, or choose another --output")
+    if cfg.grad_accumulation < 1 or cfg.batch_size < 1:
+        raise MlxlabError("batch_size and grad_accumulation must be at least 1")
+
+    net, tokenizer, fingerprint = load_base(model, cfg)
+    train_set, valid_set, data_id = _read_tokenized(data, tokenizer, cfg)
+    lengths = [len(tokens) for tokens, _ in train_set.samples]
+    per_epoch = batches_per_epoch(len(lengths), cfg.batch_size)
+    num_iters, num_epochs = plan(per_epoch, cfg)
+    say = (lambda *a: None) if quiet else (lambda text: print(text, file=sys.stderr))
+    say(f"training {num_iters} iterations = {num_epochs:.2f} epochs of {len(lengths)} samples "
+        f"({per_epoch} batches of {cfg.batch_size} per epoch, grad_accumulation {cfg.grad_accumulation})")
+    if train_set.truncated:
+        say(f"{train_set.truncated} training samples were longer than max_seq_length={cfg.max_seq_length} "
+            f"and were truncated; {train_set.untrained} of them kept no reply token and were left out")
+
+    mx.random.seed(cfg.seed)
+    num_layers = attach_adapters(net, cfg)
+    if init_adapters is not None:
+        net.load_weights(str(Path(init_adapters) / "adapters.safetensors"), strict=False)
+    optimizer = make_optimizer(cfg, num_iters)
+    optimizer.init(net.trainable_parameters())
+    adapter_cfg = adapter_config(cfg, num_layers, model_ref)
+
+    start, log_path = 0, output / "train_log.jsonl"
+    output.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and existing:
+        newest = max(existing)
+        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id)["step"]
+        say(f"resuming from {existing[newest]} (iteration {start})")
+        # drop log lines a killed run wrote after its last checkpoint
+        if log_path.is_file():
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["iter"] <= start]
+            _write_atomic(log_path, lambda p: p.write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
+    elif log_path.exists():
+        log_path.unlink()
+    save_resolved(output / "config.yaml", cfg)
+    maybe_set_recommended_wired_limit()
+    if cfg.grad_checkpoint:
+        grad_checkpoint(net.layers[0])
+
+    loss_and_grad = nn.value_and_grad(net, default_loss)
+    state = [net.state, optimizer.state, mx.random.state]
+    accumulation = cfg.grad_accumulation
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(tokens, lens, previous, update):
+        (loss, ntoks), grad = loss_and_grad(net, tokens, lens)
+        if previous is not None:
+            grad = tree_map(lambda a, b: a + b, grad, previous)
+        if update:
+            grad = average_gradients(grad)
+            if accumulation > 1:
+                grad = tree_map(lambda g: g / accumulation, grad)
+            optimizer.update(net, grad)
+            grad = None
+        return loss, ntoks, grad
+
+    orders: dict[int, list[list[int]]] = {}
+
+    def micro_batch(index: int):
+        epoch, position = divmod(index, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        return make_batch(train_set.samples, orders[epoch][position])
+
+    save_at = set(cfg.save_at) | ({i for i in range(cfg.save_every, num_iters + 1, cfg.save_every)}
+                                 if cfg.save_every > 0 else set())
+    real_total = slots_total = 0
+    train_time = trained_tokens = 0.0
+    last_loss = float("nan")
+    val_loss = None
+    net.train()
+    progress, task = _progress(num_iters, start, quiet)
+    with progress, log_path.open("a", encoding="utf-8") as log:
+        for it in range(start + 1, num_iters + 1):
+            # a per-step key that depends on (seed, step) only: resume restores dropout exactly
+            mx.random.seed(cfg.seed * 1_000_003 + it)
+            tic = time.perf_counter()
+            grad, loss_sum, tok_sum, real_step = None, mx.array(0.0), mx.array(0), 0
+            for micro in range(accumulation):
+                tokens, lens, real, slots = micro_batch((it - 1) * accumulation + micro)
+                loss, ntoks, grad = step(tokens, lens, grad, micro == accumulation - 1)
+                loss_sum = loss_sum + loss * ntoks
+                tok_sum = tok_sum + ntoks
+                mx.eval(state, loss_sum, tok_sum, grad)
+                real_step += real
+                real_total += real
+                slots_total += slots
+            elapsed = time.perf_counter() - tic
+            train_time += elapsed
+            trained_tokens += real_step
+            last_loss = (loss_sum / tok_sum).item()
+            if not math.isfinite(last_loss):
+                raise MlxlabError(f"the loss became {last_loss} at iteration {it}",
+                                  hint="lower --learning-rate, or check the data for empty replies")
+            row = {"iter": it, "loss": last_loss, "lr": optimizer.learning_rate.item(),
+                   "tokens": real_step, "tokens_per_second": real_step / elapsed,
+                   "peak_memory_gb": mx.get_peak_memory() / 1e9}
+            log.write(json.dumps(row) + "\n")
+            if valid_set is not None and ((cfg.steps_per_eval and it % cfg.steps_per_eval == 0) or it == num_iters):
+                val_loss = _validate(net, valid_set, cfg)
+                log.write(json.dumps({"iter": it, "val_loss": val_loss}) + "\n")
+            log.flush()
+            if it in save_at:
+                epoch, position = divmod(it * accumulation, per_epoch)
+                save_checkpoint(output, it, net, optimizer, {
+                    "step": it, "epoch": epoch, "position": position, "num_iters": num_iters,
+                    "rng": f"mx.random.seed(seed * 1000003 + step) before each step; seed={cfg.seed}",
+                    "model": model_ref, "model_fingerprint": fingerprint, "data_hash": data_id,
+                    "config": to_dict(cfg)["train"]}, adapter_cfg)
+            progress.update(task, advance=1, info=f"loss {last_loss:.3f} {row['tokens_per_second']:.0f} tok/s")
+
+    save_adapters(net, output, adapter_cfg)
+    plot = plot_loss(log_path, output / "loss.png")
+    result = TrainResult(
+        adapters=output, checkpoints=checkpoints(output), final_loss=last_loss, val_loss=val_loss,
+        tokens_per_second=trained_tokens / train_time if train_time else 0.0,
+        peak_memory_gb=mx.get_peak_memory() / 1e9,
+        padding_fraction=1 - real_total / slots_total if slots_total else 0.0,
+        num_iters=num_iters, num_epochs=num_epochs, truncated=train_set.truncated,
+        dropped=train_set.untrained, log=log_path, loss_plot=plot)
+    _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=2)))
+    say(f"done: loss {last_loss:.4f}" + (f", val {val_loss:.4f}" if val_loss is not None else "")
+        + f", {result.tokens_per_second:.0f} tok/s, padding {result.padding_fraction:.1%}, "
+        f"peak {result.peak_memory_gb:.2f} GB -> {output}")
+    return result
+
+
+def train_phases(model: str | Path | None, phases: list[dict], output: str | Path, *,
+                 config: TrainConfig | None = None, quiet: bool = False, **overrides) -> TrainResult:
+    """Train phase after phase (each a dict with `data` and any TrainConfig keys); each starts from the last adapters.
+
+    Phase i writes to `output/phase_i`; the final adapters are also copied to `output`. With `resume=True`,
+    finished phases are skipped and the interrupted one resumes from its newest checkpoint.
+    """
+    if not phases:
+        raise MlxlabError("phases is empty", hint='give a list like [{"data": "phase1/", "num_epochs": 1}, ...]')
+    output = Path(output)
+    resume = overrides.get("resume", config.resume if config is not None else False)
+    previous, result = None, None
+    for number, phase in enumerate(phases, start=1):
+        phase = dict(phase)
+        if "data" not in phase:
+            raise MlxlabError(f"phase {number} has no data")
+        data = phase.pop("data")
+        folder = output / f"phase_{number}"
+        done = folder / "result.json"
+        if done.is_file() and (folder / "adapters.safetensors").is_file() and resume:
+            previous = folder
+            continue
+        result = train(model, data, folder, config=config, init_adapters=previous, quiet=quiet,
+                       **{**overrides, **phase})
+        previous = folder
+    output.mkdir(parents=True, exist_ok=True)
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        shutil.copy2(previous / name, output / name)
+    if result is None:  # every phase had finished before
+        saved = json.loads((previous / "result.json").read_text(encoding="utf-8"))
+        result = _result_from_json(saved)
+    return dataclasses.replace(result, adapters=output)
+
+
+def _result_from_json(saved: dict) -> TrainResult:
+    return TrainResult(**{**saved, "adapters": Path(saved["adapters"]), "log": Path(saved["log"]),
+                          "loss_plot": Path(saved["loss_plot"]) if saved["loss_plot"] else None,
+                          "checkpoints": {int(k): Path(v) for k, v in saved["checkpoints"].items()}})

@@ -1,0 +1,255 @@
+"""Training: real MLX LoRA/DoRA/QLoRA runs on a tiny llama, checkpoints, a real SIGKILL and resume, phases."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+
+WORDS = "jolie service port input output message operation interface program language socket".split()
+
+
+def _record(rng: random.Random, words: int | None = None) -> dict:
+    text = " ".join(rng.choice(WORDS) for _ in range(words or rng.randint(2, 9)))
+    return {"messages": [{"role": "user", "content": f"What is {text}?"},
+                         {"role": "assistant", "content": f"{text.upper()} is part of Jolie."}]}
+
+
+def write_chat(folder: Path, train: int = 24, valid: int = 8, seed: int = 0) -> Path:
+    """A chat dataset folder with train.jsonl and valid.jsonl of mixed lengths."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", train), ("valid", valid)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(_record(rng)) + "\n" for _ in range(count)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chat_data(tmp_path_factory) -> Path:
+    return write_chat(tmp_path_factory.mktemp("chat"))
+
+
+def adapters_max_diff(a: Path, b: Path) -> float:
+    import mlx.core as mx
+
+    wa, wb = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
+    assert wa.keys() == wb.keys()
+    return max(mx.abs(wa[k] - wb[k]).max().item() for k in wa)
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+FAST = dict(learning_rate=2e-3, batch_size=4, quiet=True)
+
+
+def test_lora_loss_falls_and_writes_everything(tiny_llama, chat_data, tmp_path):
+    from mlx_lm import load
+    from mlx_lm.tuner.lora import LoRALinear
+
+    from mlxlab.train import train
+
+    out = tmp_path / "run"
+    result = train(tiny_llama, chat_data, out, num_iters=30, steps_per_eval=10, **FAST)
+    rows = [r for r in _log(result.log) if "loss" in r]
+    assert [r["iter"] for r in rows] == list(range(1, 31))
+    assert sum(r["loss"] for r in rows[-5:]) / 5 < rows[0]["loss"] - 0.5
+    assert {"loss", "lr", "tokens_per_second", "peak_memory_gb"} <= rows[0].keys()
+    assert [r["iter"] for r in _log(result.log) if "val_loss" in r] == [10, 20, 30]
+    assert result.val_loss is not None and result.tokens_per_second > 0
+    assert 0 <= result.padding_fraction < 0.5
+    assert (out / "config.yaml").read_text().startswith("train:")
+    assert result.loss_plot is not None and result.loss_plot.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "result.json").read_text())["num_iters"] == 30
+    model, _ = load(str(tiny_llama), adapter_path=str(out))
+    assert isinstance(model.layers[-1].self_attn.q_proj, LoRALinear)
+
+
+@pytest.mark.parametrize("method,extra", [("dora", {}), ("lora", {"quantize": 4}), ("full", {"num_layers": 1})])
+def test_dora_qlora_full_train_save_and_load(tiny_llama, chat_data, tmp_path, method, extra):
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from mlxlab.train import train
+
+    result = train(tiny_llama, chat_data, tmp_path / "run", method=method, num_iters=6, lora_rank=4, **extra, **FAST)
+    rows = [r for r in _log(result.log) if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    config = json.loads((result.adapters / "adapter_config.json").read_text())
+    assert config["fine_tune_type"] == method
+    saved = mx.load(str(result.adapters / "adapters.safetensors"))
+    if method == "dora":
+        assert any(k.endswith(".m") for k in saved)
+    if method == "full":
+        assert saved and all(".layers.1." in k for k in saved)
+    model, tokenizer = load(str(tiny_llama), adapter_path=str(result.adapters))
+    logits = model(mx.array([tokenizer.encode("What is jolie?")]))
+    assert mx.isfinite(logits).all().item()
+
+
+def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path):
+    import mlx.nn as nn
+    from mlx_lm.utils import load, save_model
+
+    from mlxlab.train import load_base, train
+    from mlxlab.config import TrainConfig
+
+    model, tokenizer = load(str(tiny_llama))
+    nn.quantize(model, group_size=64, bits=4)
+    base = tmp_path / "q4"
+    save_model(base, model)
+    config = json.loads((tiny_llama / "config.json").read_text())
+    config["quantization"] = {"group_size": 64, "bits": 4}
+    (base / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (base / name).write_bytes((tiny_llama / name).read_bytes())
+    loaded, _, _ = load_base(base, TrainConfig())
+    assert isinstance(loaded.layers[0].mlp.up_proj, nn.QuantizedLinear)
+    result = train(base, chat_data, tmp_path / "run", num_iters=4, **FAST)
+    assert result.final_loss == result.final_loss
+
+
+def test_epochs_and_iterations_are_both_honored(tiny_llama, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    by_epochs = train(tiny_llama, chat_data, tmp_path / "e", num_epochs=2, grad_accumulation=2, **FAST)
+    assert by_epochs.num_iters == 6 and by_epochs.num_epochs == 2      # 24 samples / 4 = 6 batches, 2 per step
+    by_iters = train(tiny_llama, chat_data, tmp_path / "i", num_iters=3, **FAST)
+    assert by_iters.num_iters == 3 and by_iters.num_epochs == pytest.approx(0.5)
+    with pytest.raises(MlxlabError, match="not both"):
+        train(tiny_llama, chat_data, tmp_path / "both", num_iters=3, num_epochs=1, **FAST)
+
+
+def test_checkpoints_at_chosen_iterations(tiny_llama, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    result = train(tiny_llama, chat_data, tmp_path / "run", num_iters=8, save_at=[2, 5], save_every=4, **FAST)
+    assert sorted(result.checkpoints) == [2, 4, 5, 8]
+    ckpt = result.checkpoints[5]
+    assert {p.name for p in ckpt.iterdir()} == {"adapters.safetensors", "adapter_config.json",
+                                                "optimizer.safetensors", "state.json"}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 5 and state["epoch"] == 0 and state["position"] == 5 and state["model_fingerprint"]
+    with pytest.raises(MlxlabError, match="--resume"):
+        train(tiny_llama, chat_data, tmp_path / "run", num_iters=8, **FAST)
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_llama, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    # dropout and accumulation make the RNG and the data position matter
+    settings = dict(num_iters=40, save_every=5, lora_dropout=0.1, grad_accumulation=2, batch_size=3,
+                    learning_rate=1e-3, steps_per_eval=0, seed=3)
+    out = tmp_path / "killed"
+    script = ("import sys, json; import mlxlab; from mlxlab.train import train; "
+              "train(sys.argv[1], sys.argv[2], sys.argv[3], quiet=True, **json.loads(sys.argv[4]))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_llama), str(chat_data), str(out),
+                             json.dumps(settings)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "iter_000010").exists():
+        assert proc.poll() is None and time.time() < deadline, "training subprocess ended before a checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "result.json").exists()
+    killed_at = max(int(p.name[5:]) for p in (out / "checkpoints").glob("iter_??????"))
+    assert killed_at < 40
+
+    resumed = train(tiny_llama, chat_data, out, resume=True, quiet=True, **settings)
+    full = train(tiny_llama, chat_data, tmp_path / "full", quiet=True, **settings)
+    assert adapters_max_diff(full.adapters, resumed.adapters) <= 1e-5
+    assert [r["iter"] for r in _log(resumed.log) if "loss" in r] == list(range(1, 41))
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
+
+
+def test_resume_refuses_another_model_and_changed_settings(tiny_llama, make_tiny_model, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    out = tmp_path / "run"
+    train(tiny_llama, chat_data, out, num_iters=2, save_at=[1], **FAST)
+    other = make_tiny_model("llama", tmp_path / "other", seed=1)
+    with pytest.raises(MlxlabError, match="different base model"):
+        train(other, chat_data, out, num_iters=2, resume=True, **FAST)
+    with pytest.raises(MlxlabError, match="lora_rank"):
+        train(tiny_llama, chat_data, out, num_iters=2, resume=True, lora_rank=4, **FAST)
+
+
+def test_phases_chain(tiny_llama, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    phase2 = write_chat(tmp_path / "skills", train=8, valid=0, seed=5)
+    result = train(tiny_llama, None, tmp_path / "run", quiet=True, batch_size=4, phases=[
+        {"data": chat_data, "num_epochs": 2, "learning_rate": 2e-3},
+        # a zero learning rate leaves phase 1's adapters untouched, which shows phase 2 started from them
+        {"data": phase2, "num_iters": 2, "learning_rate": 0.0}])
+    assert adapters_max_diff(tmp_path / "run" / "phase_1", result.adapters) == 0.0
+    first = [r["loss"] for r in _log(tmp_path / "run" / "phase_1" / "train_log.jsonl") if "loss" in r]
+    second = [r["loss"] for r in _log(tmp_path / "run" / "phase_2" / "train_log.jsonl") if "loss" in r]
+    assert second[0] < first[0]
+    again = train(tiny_llama, None, tmp_path / "run", quiet=True, resume=True, batch_size=4, phases=[
+        {"data": chat_data, "num_epochs": 2, "learning_rate": 2e-3}, {"data": phase2, "num_iters": 2,
+                                                                      "learning_rate": 0.0}])
+    assert again.num_iters == 2
+
+
+def test_bad_data_is_reported_clearly(tiny_llama, tmp_path):
+    from mlxlab.train import train
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(MlxlabError, match="empty"):
+        train(tiny_llama, empty, tmp_path / "a", num_iters=1, **FAST)
+    bad = write_chat(tmp_path / "bad", train=4, valid=0)
+    lines = (bad / "train.jsonl").read_text().splitlines()
+    lines[2] = '{"messages": [{"role": "user", "content": "hi"}'
+    (bad / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MlxlabError) as info:
+        train(tiny_llama, bad, tmp_path / "b", num_iters=1, **FAST)
+    assert f"{bad / 'train.jsonl'}:3" in str(info.value)
+    with pytest.raises(MlxlabError, match="not found"):
+        train(tiny_llama, tmp_path / "missing", tmp_path / "c", num_iters=1, **FAST)
+
+
+def test_long_samples_are_truncated_and_counted(tiny_llama, tmp_path):
+    from mlxlab.train import train
+
+    rng = random.Random(1)
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(_record(rng, words=60 if i % 2 else 3)) + "\n" for i in range(8)))
+    result = train(tiny_llama, data, tmp_path / "run", num_iters=2, max_seq_length=64, **FAST)
+    assert result.truncated == 4 and result.dropped == 4      # their prompts alone fill 64 tokens
+
+
+def test_model_without_chat_template_is_refused(make_tiny_model, chat_data, tmp_path):
+    from mlxlab.train import train
+
+    model = make_tiny_model("llama", tmp_path / "plain")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(MlxlabError, match="chat template"):
+        train(model, chat_data, tmp_path / "run", num_iters=1, **FAST)
+
+
+def test_cli_train(tiny_llama, chat_data, tmp_path, capsys):
+    from mlxlab.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--model", str(tiny_llama), "--data", str(chat_data), "--output", str(out),
+                 "--num-iters", "3", "--save-at", "1,2", "--lora-keys", "self_attn.q_proj,self_attn.v_proj"])
+    assert code == 0
+    assert "checkpoint 2" in capsys.readouterr().out
+    keys = json.loads((out / "adapter_config.json").read_text())["lora_parameters"]["keys"]
+    assert keys == ["self_attn.q_proj", "self_attn.v_proj"]
+    assert main(["train", "--model", str(tiny_llama), "--data", str(tmp_path / "nope"), "--output",
+                 str(tmp_path / "x")]) == 1
