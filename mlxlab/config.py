@@ -100,6 +100,9 @@ class GenerateConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold"})
     max_tokens: int = field(default=192, metadata={"help": "most new tokens per generation"})
     judge_max_tokens: int = field(default=64, metadata={"help": "most new tokens per judgement"})
+    judge_mode: str = field(default="auto", metadata={
+        "help": "choose (the likeliest verdict, one forward pass; mlx only) | generate (parse a written "
+                "verdict) | auto (choose where possible)"})
     batch_size: int = field(default=0, metadata={"help": "sequences decoded together (0: from free memory)"})
     concurrency: int = field(default=4, metadata={"help": "requests in flight (openai backend)"})
     prefix_cache: bool = field(default=True, metadata={"help": "prefill the prompts' shared prefix once (mlx)"})

@@ -1,0 +1,144 @@
+"""An OpenAI-compatible server for a model, as a subprocess: llama.cpp for a GGUF, mlx-lm for an MLX model.
+
+    with serve("gguf/model-q4_k_m.gguf") as url:      # url = "http://127.0.0.1:8000/v1"
+        ...                                            # any OpenAI client, or mlxlab.chat
+
+The server runs in its own process (a bad GGUF can abort llama.cpp), is polled until it answers, and is
+stopped cleanly (SIGTERM, then SIGKILL) when the block ends, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlxlab.errors import MlxlabError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _command(model: str | Path, host: str, port: int, api_key: str | None, n_ctx: int) -> list[str]:
+    """The server command line for `model` (a .gguf file -> llama.cpp, else an MLX model directory)."""
+    from mlxlab.device import llama_threads
+
+    path = Path(str(model)).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise MlxlabError("no such file", path=path)
+        threads = str(max(1, llama_threads()))
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host, "--port", str(port),
+               "--n_ctx", str(n_ctx), "--n_threads", threads, "--n_threads_batch", threads]
+        return cmd + (["--api_key", api_key] if api_key else [])
+    if api_key:
+        raise MlxlabError("mlx-lm's server has no API keys; --api-key needs a GGUF model (served by llama.cpp)",
+                          hint="export the model first: mlxlab export MODEL --out-type q4_k_m")
+    from mlxlab.models import resolve_model
+
+    model_dir = resolve_model(model)
+    # run mlx-lm's server after `import mlxlab`, so MLX binds OpenBLAS on Linux
+    script = ("import sys, runpy, mlxlab; sys.argv = ['mlx_lm.server'] + sys.argv[1:]; "
+              "runpy.run_module('mlx_lm.server', run_name='__main__')")
+    return [sys.executable, "-c", script, "--model", str(model_dir), "--host", host, "--port", str(port)]
+
+
+def _get(url: str, api_key: str | None, timeout: float = 2.0) -> int:
+    """HTTP status of GET `url` (0 when nothing answers)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class Server:
+    """A running server subprocess: its base URL, its log, and how to stop it."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process, self.url, self.log = process, url, log
+
+    def log_tail(self, lines: int = 8) -> str:
+        """The last lines the server printed."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; only this server's own process (group)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            self.log.unlink()
+
+
+def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                 n_ctx: int = 2048, timeout: float = 180.0) -> Server:
+    """Start the server for `model` and return once it answers HTTP (port 0: pick a free port)."""
+    port = port or free_port(host)
+    cmd = _command(model, host, port, api_key, n_ctx)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex((host if host not in ("0.0.0.0", "") else "127.0.0.1", port)) == 0:
+            raise MlxlabError(f"port {port} on {host} is already in use", hint="pass another --port (0 = any free one)")
+    fd, log_name = tempfile.mkstemp(prefix="mlxlab-serve-", suffix=".log")
+    log = Path(log_name)
+    with os.fdopen(fd, "wb") as handle:
+        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)      # its own group: stopped as a whole, not by Ctrl-C twice
+    local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    server = Server(process, f"http://{local}:{port}/v1", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = server.log_tail()
+            server.stop()
+            raise MlxlabError(f"the server exited with code {process.returncode} before answering:\n{tail}",
+                              path=model if str(model).endswith(".gguf") else None)
+        if _get(f"{server.url}/models", api_key) == 200:
+            return server
+        time.sleep(0.25)
+    tail = server.log_tail()
+    server.stop()
+    raise MlxlabError(f"the server did not answer within {timeout:.0f} s:\n{tail}")
+
+
+@contextlib.contextmanager
+def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          n_ctx: int = 2048, timeout: float = 180.0):
+    """Run an OpenAI-compatible server for `model` for the length of a `with` block; yields its base URL."""
+    server = start_server(model, host=host, port=port, api_key=api_key, n_ctx=n_ctx, timeout=timeout)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def models(url: str, api_key: str | None = None) -> list[str]:
+    """The model ids an OpenAI-compatible server lists."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url.rstrip('/')}/models", headers=headers), timeout=10) as r:
+        return [m.get("id", "") for m in json.load(r).get("data", [])]

@@ -1,0 +1,107 @@
+"""Serve and chat: a real llama.cpp server on 127.0.0.1 answering real HTTP clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny llama as an f16 GGUF."""
+    from mlxlab.gguf_export import export_gguf
+
+    return export_gguf(tiny_llama, tmp_path_factory.mktemp("gguf"), out_type="f16", verify=False).path
+
+
+def _request(url: str, method: str, path: str, body: dict | None = None, key: str | None = None):
+    """(status, parsed JSON or text) of one plain http.client request."""
+    parts = urlparse(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request(method, parts.path + path, body=json.dumps(body) if body else None, headers=headers)
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(text)
+    except json.JSONDecodeError:
+        return resp.status, text
+
+
+def _port_open(url: str) -> bool:
+    parts = urlparse(url)
+    with socket.socket() as sock:
+        return sock.connect_ex((parts.hostname, parts.port)) == 0
+
+
+def test_llama_cpp_server_answers_and_checks_the_key(tiny_gguf, capsys):
+    from mlxlab.chat import ask
+    from mlxlab.cli import main
+    from mlxlab.serve import serve
+
+    with serve(tiny_gguf, port=0, api_key="sesame") as url:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        assert _request(url, "GET", "/models")[0] == 401
+        assert _request(url, "GET", "/models", key="wrong")[0] == 401
+        status, models = _request(url, "GET", "/models", key="sesame")
+        assert status == 200 and models["data"]
+        status, reply = _request(url, "POST", "/chat/completions", key="sesame", body={
+            "messages": [{"role": "user", "content": "What is a port?"}], "max_tokens": 8, "temperature": 0,
+            "logit_bias": {"2": -100}})        # keep the random model from ending at once
+        assert status == 200 and reply["usage"]["completion_tokens"] >= 1
+        assert isinstance(reply["choices"][0]["message"]["content"], str)
+        # streamed, through mlxlab's own client
+        pieces = []
+        answer = ask(url, "Hello", api_key="sesame", max_tokens=8, on_token=pieces.append)
+        assert answer == "".join(pieces)
+        with pytest.raises(MlxlabError, match="401"):
+            ask(url, "Hello", api_key="wrong", max_tokens=4)
+        # the one-shot CLI
+        assert main(["chat", "--url", url, "--api-key", "sesame", "-q", "Hi there", "--max-tokens", "8"]) == 0
+        assert capsys.readouterr().out.endswith("\n")
+    assert not _port_open(url)                     # stopped when the block ended
+
+
+def test_chat_repl_commands(tiny_gguf, tmp_path):
+    from rich.console import Console
+
+    from mlxlab.chat import repl
+    from mlxlab.serve import serve
+
+    lines = iter(["/system be brief", "/temp 0", "Hello", "/save " + str(tmp_path / "c.jsonl"), "/clear",
+                  "/bogus", "/quit"])
+    console = Console(file=open(tmp_path / "out.txt", "w"), width=100)
+    with serve(tiny_gguf, port=0) as url:
+        history = repl(url, console=console, read=lambda prompt: next(lines), max_tokens=6)
+    assert history == []                           # cleared before quitting
+    saved = json.loads((tmp_path / "c.jsonl").read_text())
+    assert [m["role"] for m in saved["messages"]] == ["system", "user", "assistant"]
+    assert "unknown command /bogus" in (tmp_path / "out.txt").read_text()
+
+
+def test_bad_gguf_is_a_clear_error(tmp_path):
+    from mlxlab.serve import serve
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(MlxlabError, match="exited with code"):
+        with serve(bad, port=0, timeout=60):
+            pass
+
+
+def test_unreachable_server_is_a_clear_error():
+    from mlxlab.chat import ask
+    from mlxlab.serve import free_port
+
+    with pytest.raises(MlxlabError, match="cannot reach"):
+        ask(f"http://127.0.0.1:{free_port()}/v1", "Hi")
