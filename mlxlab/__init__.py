@@ -17,7 +17,9 @@ _bind_blas()
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. A function named like its module (train, fuse, serve, chat,
+# evaluate) is not listed: importing the submodule would rebind `mlxlab.<name>` to the module.
+# Use `from mlxlab.train import train` for those.
 _LAZY = {
     "Taxonomy": "mlxlab.taxonomy",
     "validate": "mlxlab.taxonomy",
@@ -28,6 +30,14 @@ _LAZY = {
     "device_info": "mlxlab.device",
     "bind_blas": "mlxlab.device",
     "load_config": "mlxlab.config",
+    "Teacher": "mlxlab.teacher",
+    "make_teacher": "mlxlab.teacher",
+    "generate_data": "mlxlab.sdg",
+    "train_phases": "mlxlab.train",
+    "export_gguf": "mlxlab.gguf_export",
+    "attention_maps": "mlxlab.attention",
+    "plot_attention": "mlxlab.attention",
+    "sweep": "mlxlab.evaluate",
 }
 
 __all__ = ["MlxlabError", "__version__", *_LAZY]
