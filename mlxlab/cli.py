@@ -249,6 +249,81 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from mlxlab.config import AttentionConfig
+
+    _setup_device(args)
+    cfg = _settings(args, AttentionConfig)
+    from mlxlab.attention import attention_maps
+
+    result = attention_maps(args.model or _settings(args, ModelConfig).model, args.prompt,
+                            max_tokens=cfg.max_tokens, layers=cfg.layers, heads=cfg.heads, output=Path(cfg.output),
+                            chat=cfg.chat, temperature=cfg.temperature, seed=cfg.seed)
+    _print(f"answer: {result.answer}")
+    _print(f"{len(result.tokens)} tokens ({result.prompt_length} prompt), layers {list(result.layers)}, "
+           f"{result.weights.shape[1]} heads")
+    _print(f"arrays: {result.arrays}\nheatmaps: {len(result.pngs)} PNG files in {result.arrays.parent} "
+           f"(overview.png: every layer)")
+    return 0
+
+
+def _cmd_eval_run(args: argparse.Namespace) -> int:
+    from mlxlab.config import EvalConfig
+
+    _setup_device(args)
+    cfg = _settings(args, EvalConfig)
+    models = {}
+    for spec in args.models or [_settings(args, ModelConfig).model]:
+        # LABEL=REF, REF@ADAPTERS (a checkpoint); URLs are taken whole
+        label, ref = spec.split("=", 1) if "=" in spec and not spec.startswith(("http://", "https://")) else (spec, spec)
+        if "@" in ref and not ref.startswith(("http://", "https://")):
+            base, adapters = ref.rsplit("@", 1)
+            models[label] = (base, adapters)
+        else:
+            models[label] = ref
+    from mlxlab.evaluate import evaluate
+
+    result = evaluate(models, output=args.output, config=cfg)
+    _cmd_eval_print(result.summary)
+    _print(f"results: {result.results}\nsummary: {result.summary_path}")
+    return 0
+
+
+def _cmd_eval_print(summary: dict) -> None:
+    _print(f"score: {summary['score_note']}")
+    for label, m in summary["models"].items():
+        score = f"{m['score']['mean']:.2f} ± {m['score']['std']:.2f}" if m["score"] else "-"
+        loss = f", held-out loss {m['heldout_loss']:.4f}" if m.get("heldout_loss") is not None else ""
+        unparsed = f", {m['judge_unparsed']} judge verdicts unreadable" if m["judge_unparsed"] else ""
+        _print(f"  {label}: score {score}{loss}{unparsed}")
+
+
+def _cmd_eval_grade(args: argparse.Namespace) -> int:
+    from mlxlab.evaluate import grade
+
+    result = grade(args.output, seed=args.seed)
+    _cmd_eval_print(result.summary)
+    return 0
+
+
+def _cmd_eval_sweep(args: argparse.Namespace) -> int:
+    from mlxlab.config import EvalConfig, TrainConfig
+
+    _setup_device(args)
+    cfg = _settings(args, EvalConfig)
+    # training settings come from the `train:` section only: eval's flags (batch_size, ...) are not train's
+    train_cfg = resolve(TrainConfig, file_config=load_config(args.config))
+    from mlxlab.evaluate import sweep
+
+    result = sweep(args.model or _settings(args, ModelConfig).model, args.data, args.output, config=cfg,
+                   train_config=train_cfg)
+    _cmd_eval_print(result.eval.summary)
+    for name, path in result.plots.items():
+        _print(f"{name}: {path}")
+    _print(f"table: {result.table}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +424,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--question", default=None, help="ask once, print the answer, exit")
     add_arguments(p, ChatConfig)
     p.set_defaults(handler=_cmd_chat)
+
+    from mlxlab.config import AttentionConfig
+
+    p = verbs.add_parser("attention", help="attention maps (heatmap PNGs + arrays) of a prompt and the model's answer")
+    p.add_argument("--model", default=None, help="model reference (default: the model setting, 'smollm2')")
+    p.add_argument("--prompt", required=True, help="the question or text to look at")
+    add_arguments(p, AttentionConfig)
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_attention)
+
+    from mlxlab.config import EvalConfig
+
+    ev = verbs.add_parser("eval", help="answer prompts k times per model; judge, grade by hand, sweep iterations")
+    ev_verbs = ev.add_subparsers(dest="eval_verb", metavar="VERB")
+    ev.set_defaults(handler=lambda args: _missing_verb(ev))
+    p = ev_verbs.add_parser("run", help="each model answers each prompt k times; judge / ROUGE-L / held-out loss")
+    p.add_argument("models", nargs="*", metavar="[LABEL=]REF[@ADAPTERS]",
+                   help="model references (a .gguf runs on llama.cpp; REF@ADAPTERS: a checkpoint folder; "
+                        "default: the model setting)")
+    p.add_argument("--output", default="eval", help="folder for results.jsonl and summary.json")
+    add_arguments(p, EvalConfig, skip=("iters",))
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_eval_run)
+    p = ev_verbs.add_parser("grade", help="grade the answers of an `eval run` by hand, blind; resumable")
+    p.add_argument("--output", default="eval", help="the evaluation folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the blind order")
+    p.set_defaults(handler=_cmd_eval_grade)
+    p = ev_verbs.add_parser("sweep", help="train once with checkpoints at --iters, evaluate base + each, plot")
+    p.add_argument("--model", default=None, help="base model reference (default: the model setting, 'smollm2')")
+    p.add_argument("--data", default="data", help="folder with train.jsonl (+ valid.jsonl, test.jsonl)")
+    p.add_argument("--output", default="eval_sweep", help="folder for training, results, PNGs and summary.md "
+                   "(training settings: the train section of mlxlab.yaml)")
+    add_arguments(p, EvalConfig)
+    add_arguments(p, DeviceConfig)
+    p.set_defaults(handler=_cmd_eval_sweep)
     return parser
 
 

@@ -437,3 +437,52 @@ class ChatConfig:
 
 
 SECTIONS.update({"fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig})
+
+
+@dataclass
+class AttentionConfig:
+    """Attention maps of a prompt and the model's answer (also on 4-bit models)."""
+    max_tokens: int = field(default=32, metadata={
+        "help": "most answer tokens generated before the maps (0: the prompt only)"})
+    layers: str = field(default="auto", metadata={
+        "help": "layers to capture: auto (first, middle, last) | all | 0,15,29 (negative counts from the end)"})
+    heads: str = field(default="all", metadata={
+        "help": "heads kept: all | 0,3 (listed heads also get their own PNG besides the mean)"})
+    output: str = field(default="attention", metadata={"help": "folder for attention.npz and the heatmap PNGs"})
+    chat: bool = field(default=True, metadata={"help": "wrap the prompt in the model's chat template"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the answer (0: greedy)"})
+    seed: int = field(default=0, metadata={"help": "random seed for sampling"})
+
+
+SECTIONS["attention"] = AttentionConfig
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: k answers per prompt and model, graded by a judge, by hand, or by automatic metrics."""
+    prompts: str | None = field(default=None, metadata={
+        "help": "prompt set YAML (default: the seed paper's five Jolie prompts)"})
+    test: str | None = field(default=None, metadata={
+        "help": "held-out chat JSONL (SDG's test.jsonl) for the loss (default in a sweep: DATA/test.jsonl)"})
+    test_prompts: int = field(default=0, metadata={
+        "help": "also answer the first N prompts of the test split, ROUGE-L against its answers (-1: all)"})
+    k: int = field(default=3, metadata={"help": "answers per prompt and model"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "one sampling seed per answer (fixed: a rerun gives the same answers)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the answers"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold of the answers"})
+    max_tokens: int = field(default=256, metadata={"help": "most new tokens per answer"})
+    max_seq_length: int = field(default=2048, metadata={"help": "held-out samples are cut to this many tokens"})
+    batch_size: int = field(default=0, metadata={"help": "answers decoded together (0: from free memory)"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight to a server (URL models, judge)"})
+    judge: str | None = field(default=None, metadata={
+        "help": "judge model (reference, or with --judge-url the server's model name); none: automatic score"})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the judge"})
+    judge_backend: str = field(default="mlx", metadata={"help": "mlx | llama-cpp (for a .gguf judge)"})
+    judge_temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the judge"})
+    judge_max_tokens: int = field(default=128, metadata={"help": "most new tokens per judgement"})
+    iters: list[int] = field(default_factory=lambda: [100, 250, 500, 1000], metadata={
+        "help": "sweep: iterations to checkpoint and evaluate at, e.g. 100,250,500,1000"})
+
+
+SECTIONS["eval"] = EvalConfig

@@ -1,0 +1,589 @@
+"""Evaluation as in the seed paper: each model answers each prompt k times; a judge, a person or a metric grades.
+
+- Prompt sets are YAML (`mlxlab/prompts/eval_jolie.yaml` holds the paper's five Jolie prompts) plus, when
+  given, the held-out `test.jsonl` that SDG writes (its prompts and reference answers).
+- Answers come from any model reference, a `(base, adapters)` pair (a training checkpoint), or a GGUF
+  (llama.cpp), always with fixed seeds, so a rerun gives the same answers.
+- Grades: a judge model with a rubric (0-5 plus a rationale, tolerant parsing: unreadable verdicts are
+  counted, never fatal), blind manual grading in the terminal (`grade`, resumable), and automatic metrics:
+  held-out loss over assistant tokens and ROUGE-L against reference answers.
+- `sweep` trains once with checkpoints at chosen iterations and evaluates the base and every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from mlxlab.config import EvalConfig, resolve, save_resolved
+from mlxlab.errors import MlxlabError
+from mlxlab.plots import summarize
+from mlxlab.sdg import _atomic_write, rouge_l
+from mlxlab.teacher import Teacher, make_teacher
+
+DEFAULT_SET = Path(__file__).parent / "prompts" / "eval_jolie.yaml"
+SCORES = tuple(str(i) for i in range(6))
+JUDGE_SYSTEM = "You are a strict, fair grader of answers. Follow the rubric exactly."
+JUDGE_USER = """Grade the answer to the question below with a whole number from 0 to 5.
+
+Rubric:
+{rubric}
+
+[Start of Question]
+{question}
+[End of Question]
+{reference}
+[Start of Answer]
+{answer}
+[End of Answer]
+
+Reply in exactly this format:
+[Start of Rationale]
+one or two sentences
+[End of Rationale]
+[Start of Score]
+one digit from 0 to 5
+[End of Score]"""
+GRADE_HELP = "grade 0-5, s = skip, q = quit (grades so far are kept)"
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One prompt: its chat messages, an optional reference answer and rubric, and where it was read."""
+    id: str
+    messages: list[dict]
+    reference: str | None = None
+    rubric: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts to answer, the default rubric, and held-out chat records for the loss."""
+    name: str
+    prompts: list[EvalPrompt]
+    rubric: str
+    heldout: list[dict]
+    heldout_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Where the answers and grades went, and the per-model figures of `summary.json`."""
+    output: Path
+    results: Path                  # results.jsonl: one line per answer
+    summary_path: Path             # summary.json
+    summary: dict                  # {"score_kind": ..., "models": {label: {...}}}
+    judge_unparsed: int            # judge outputs that held no readable 0-5 score
+
+
+# ---------------------------------------------------------------------------------------------- prompt sets
+
+def _mark_error(message: str, path: Path, node, hint: str | None = None) -> MlxlabError:
+    mark = node.start_mark
+    return MlxlabError(message, path=path, line=mark.line + 1, column=mark.column + 1, hint=hint)
+
+
+def _mapping(node, path: Path, what: str, keys: tuple[str, ...]) -> dict:
+    """{key: value node} of a YAML mapping node whose keys must be among `keys`."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        raise _mark_error(f"{what} must be a mapping", path, node)
+    fields = {key.value: value for key, value in node.value}
+    for key, value in fields.items():
+        if key not in keys:
+            raise _mark_error(f"unknown key '{key}' in {what}", path, value, hint="valid keys: " + ", ".join(keys))
+    return fields
+
+
+def _text(node, path: Path, what: str) -> str:
+    import yaml
+
+    if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
+        raise _mark_error(f"{what} must be non-empty text", path, node)
+    return str(node.value)
+
+
+def read_prompt_set(path: str | Path | None = None) -> PromptSet:
+    """The prompt set in a YAML file (default: the paper's Jolie prompts); errors name file:line:column."""
+    import yaml
+
+    path = Path(path) if path is not None else DEFAULT_SET
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except OSError as exc:
+        raise MlxlabError(f"cannot read the prompt set: {exc.strerror}", path=path) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise MlxlabError(f"invalid YAML: {exc.problem}", path=path, line=mark.line + 1 if mark else None,
+                          column=mark.column + 1 if mark else None) from None
+    if root is None:
+        raise MlxlabError("the prompt set is empty", path=path, hint="add a `prompts:` list")
+    top = _mapping(root, path, "the prompt set", ("version", "name", "description", "system", "rubric", "prompts"))
+    if "prompts" not in top:
+        raise _mark_error("the prompt set has no `prompts:` list", path, root)
+    items = top["prompts"]
+    if not isinstance(items, yaml.SequenceNode) or not items.value:
+        raise _mark_error("prompts must be a non-empty list", path, items)
+    rubric = _text(top["rubric"], path, "rubric") if "rubric" in top else "0 (wrong or empty) to 5 (correct, complete)"
+    system = _text(top["system"], path, "system") if "system" in top else None
+    prompts, seen = [], set()
+    for n, item in enumerate(items.value):
+        fields = _mapping(item, path, f"prompts[{n}]", ("id", "prompt", "reference", "rubric", "domain"))
+        if "prompt" not in fields:
+            raise _mark_error(f"prompts[{n}] has no `prompt:`", path, item)
+        pid = _text(fields["id"], path, f"prompts[{n}].id") if "id" in fields else f"prompt_{n + 1}"
+        if pid in seen:
+            raise _mark_error(f"duplicate prompt id '{pid}'", path, fields.get("id", item))
+        seen.add(pid)
+        messages = ([{"role": "system", "content": system.strip()}] if system else []) + [
+            {"role": "user", "content": _text(fields["prompt"], path, f"prompts[{n}].prompt").strip()}]
+        prompts.append(EvalPrompt(
+            pid, messages,
+            _text(fields["reference"], path, f"prompts[{n}].reference").strip() if "reference" in fields else None,
+            _text(fields["rubric"], path, f"prompts[{n}].rubric").strip() if "rubric" in fields else None,
+            f"{path}:{item.start_mark.line + 1}"))
+    name = str(top["name"].value) if "name" in top else path.stem
+    return PromptSet(name, prompts, rubric.strip(), [])
+
+
+def load_prompts(prompts: str | Path | PromptSet | None = None, test: str | Path | None = None, *,
+                 test_prompts: int = 0) -> PromptSet:
+    """A prompt set plus the held-out `test` split (chat JSONL): all of it for the loss, `test_prompts` answered."""
+    from mlxlab.data import read_jsonl
+
+    base = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts)
+    if test is None:
+        return base
+    test = Path(test)
+    records = read_jsonl(test)
+    extra = []
+    count = len(records) if test_prompts < 0 else min(test_prompts, len(records))
+    for n, record in enumerate(records[:count], start=1):
+        messages = record["messages"]
+        if messages[-1]["role"] == "assistant" and len(messages) > 1:
+            extra.append(EvalPrompt(f"test_{n}", messages[:-1], messages[-1]["content"], None, f"{test}:{n}"))
+    return dataclasses.replace(base, prompts=base.prompts + extra, heldout=records, heldout_path=test)
+
+
+# ---------------------------------------------------------------------------------------------- answering
+
+class _ModelTeacher(Teacher):
+    """An mlx Teacher whose base model can carry mlx-lm adapters, swapped in place between checkpoints."""
+
+    def __init__(self, base, adapters: Path | None = None, **options):
+        self.base_ref, self.adapters, self._adapter_config = base, None, None
+        super().__init__(base, backend="mlx", **options)
+        if adapters is not None:
+            self.use_adapters(adapters)
+
+    def use_adapters(self, adapters: Path) -> None:
+        """Apply the adapters in `adapters` (the LoRA layers are made once, later checkpoints only load weights)."""
+        from mlx_lm.tuner.utils import load_adapters
+
+        config = json.loads((adapters / "adapter_config.json").read_text(encoding="utf-8"))
+        if self._adapter_config is None:
+            load_adapters(self._model, str(adapters))
+        elif config == self._adapter_config:
+            self._model.load_weights(str(adapters / "adapters.safetensors"), strict=False)
+        else:
+            raise ValueError("adapters of another shape need a fresh base")
+        self._model.eval()                  # new LoRA layers start in training mode (dropout on)
+        self._prefixes.clear()              # prefilled prefixes hold the old weights' keys and values
+        self._adapter_config, self.adapters = config, adapters
+
+    def accepts(self, base, adapters: Path | None) -> bool:
+        """True when this teacher can become (base, adapters) without reloading the base."""
+        if str(base) != str(self.base_ref) or adapters is None:
+            return str(base) == str(self.base_ref) and adapters is None and self._adapter_config is None
+        if self._adapter_config is None:
+            return True
+        return json.loads((adapters / "adapter_config.json").read_text(encoding="utf-8")) == self._adapter_config
+
+    @property
+    def model(self):
+        """The loaded MLX model (with its adapters)."""
+        return self._model
+
+
+def _split(spec) -> tuple[object, Path | None]:
+    """(base, adapters or None) from a model spec, checking that a checkpoint folder is complete."""
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise MlxlabError(f"a model with adapters is a (base, adapters) pair, found {spec!r}")
+        base, adapters = spec
+        adapters = Path(adapters)
+        missing = [n for n in ("adapter_config.json", "adapters.safetensors") if not (adapters / n).is_file()]
+        if missing:
+            raise MlxlabError(f"checkpoint not found: no {' or '.join(missing)}", path=adapters,
+                              hint="pass a folder written by `mlxlab train` (its output or one of its "
+                                   "checkpoints/iter_NNNNNN); list them with `ls OUTPUT/checkpoints`")
+        return base, adapters
+    return spec, None
+
+
+def _answerer(spec, previous: Teacher | None, cfg: EvalConfig) -> Teacher:
+    """The teacher that answers for `spec`, reusing `previous` when only its adapters change."""
+    if isinstance(spec, Teacher):
+        return spec
+    base, adapters = _split(spec)
+    text = str(base) if base is not None else ""
+    if text.startswith(("http://", "https://")):
+        return make_teacher("default", url=text, concurrency=cfg.concurrency)
+    if text.lower().endswith(".gguf"):
+        if adapters is not None:
+            raise MlxlabError("adapters cannot be applied to a GGUF", path=adapters,
+                              hint="evaluate the MLX base with the adapters, or export the fused model to GGUF")
+        return make_teacher(base, backend="llama-cpp")
+    if isinstance(previous, _ModelTeacher) and previous.accepts(base, adapters):
+        if adapters is not None:
+            previous.use_adapters(adapters)
+        return previous
+    if isinstance(previous, _ModelTeacher):
+        previous.close()                     # one answering model in memory at a time
+    return _ModelTeacher(base, adapters, batch_size=cfg.batch_size or None)
+
+
+def heldout_loss(model, tokenizer, records: list[dict], *, max_seq_length: int = 2048, batch_size: int = 4,
+                 path: Path | None = None) -> tuple[float, int]:
+    """(mean NLL per assistant token, tokens counted) of `model` on chat `records` (the training loss's masking)."""
+    import mlx.core as mx
+    from mlx_lm.tuner.trainer import default_loss
+
+    from mlxlab.data import make_batch, tokenize
+
+    data = tokenize(records, tokenizer, path=path or Path("heldout"), max_seq_length=max_seq_length)
+    if not data.samples:
+        return float("nan"), 0
+    model.eval()
+    order = sorted(range(len(data.samples)), key=lambda i: len(data.samples[i][0]))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        tokens, lengths, _, _ = make_batch(data.samples, order[start:start + batch_size])
+        loss, ntoks = default_loss(model, tokens, lengths)
+        mx.eval(loss, ntoks)
+        total += loss.item() * ntoks.item()
+        count += int(ntoks.item())
+    return total / max(count, 1), count
+
+
+# ---------------------------------------------------------------------------------------------- judging
+
+def parse_judgement(text: str) -> tuple[int | None, str]:
+    """(score 0-5 or None, rationale) from a judge's output; never raises."""
+    from mlxlab.prompts import extract, parse_score
+
+    if not isinstance(text, str):
+        return None, ""
+    rationale = extract(text, "Rationale") or ""
+    # "4/5" and "4 out of 5" name the score and the scale; parse_score would see two candidates
+    fraction = re.search(r"(?<![\w.])([0-5])\s*(?:/|out\s+of)\s*5(?![\w.])", text, re.IGNORECASE)
+    score = fraction.group(1) if fraction else parse_score(text, SCORES, "Score")
+    if not rationale:
+        rationale = re.sub(r"\[\s*(?:start|end)\s+of\s+\w+\s*\]", " ", text, flags=re.IGNORECASE)
+        rationale = " ".join(rationale.split())[:300]
+    return (int(score) if score is not None else None), rationale.strip()
+
+
+def judge_messages(prompt: EvalPrompt, answer: str, rubric: str) -> list[dict]:
+    """The judge's chat prompt for one answer (reference shown when the prompt has one)."""
+    question = "\n\n".join(m["content"] for m in prompt.messages if m["role"] == "user")
+    reference = (f"\n[Start of Reference Answer]\n{prompt.reference}\n[End of Reference Answer]\n"
+                 if prompt.reference else "")
+    user = JUDGE_USER.format(rubric=prompt.rubric or rubric, question=question, reference=reference,
+                             answer=answer.strip() or "(empty)")
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def _judge_teacher(judge, cfg: EvalConfig) -> Teacher:
+    """A Teacher for `judge`: an instance as is, an http(s) URL (model name from cfg.judge), or a reference."""
+    if isinstance(judge, Teacher):
+        return judge
+    if str(judge).startswith(("http://", "https://")):
+        return make_teacher(cfg.judge or "default", url=str(judge), concurrency=cfg.concurrency)
+    return make_teacher(judge, backend=cfg.judge_backend)
+
+
+def judge_rows(rows: list[dict], prompts: dict[str, EvalPrompt], rubric: str, judge: Teacher,
+               cfg: EvalConfig) -> int:
+    """Add judge_score / judge_rationale / judge_raw to each row in place; return the unparsed count."""
+    if not rows:
+        return 0
+    messages = [judge_messages(prompts[r["prompt"]], r["answer"], rubric) for r in rows]
+    outputs = judge.generate(messages, n=1, temperature=cfg.judge_temperature, top_p=1.0,
+                             max_tokens=cfg.judge_max_tokens, seed=cfg.seeds[0] if cfg.seeds else 0)
+    unparsed = 0
+    for row, out in zip(rows, outputs):
+        raw = out[0].text if out else ""
+        score, rationale = parse_judgement(raw)
+        unparsed += score is None
+        row.update(judge_score=score, judge_rationale=rationale, judge_raw=raw[:2000])
+    return unparsed
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+def read_grades(path: Path) -> dict[str, int]:
+    """Manual grades by answer id from a grades JSONL (the last grade of an answer wins; a torn line is skipped)."""
+    grades = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                grades[str(record["id"])] = int(record["grade"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return grades
+
+
+def _write_summary(output: Path, rows: list[dict], losses: dict[str, dict]) -> dict:
+    summary = summarize(rows, losses, read_grades(output / "grades.jsonl"))
+    _atomic_write(output / "summary.json", json.dumps({**summary, "losses": losses}, indent=2) + "\n")
+    return summary
+
+
+def read_results(output: str | Path) -> list[dict]:
+    """The answer rows of an evaluation folder's results.jsonl."""
+    path = Path(output) / "results.jsonl"
+    if not path.is_file():
+        raise MlxlabError("no results.jsonl here", path=path.parent, hint="run `mlxlab eval run` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+def _answer_id(label: str, prompt: str, sample: int) -> str:
+    return hashlib.sha256(f"{label}\0{prompt}\0{sample}".encode()).hexdigest()[:12]
+
+
+def _seeds(cfg: EvalConfig) -> list[int]:
+    seeds = list(cfg.seeds)[:cfg.k]
+    while len(seeds) < cfg.k:          # more answers than seeds: continue after the last one
+        seeds.append((seeds[-1] + 1) if seeds else len(seeds))
+    return seeds
+
+
+def evaluate(models: dict, prompts: str | Path | PromptSet | None = None, *, output: str | Path = "eval",
+             test: str | Path | None = None, judge: Teacher | str | Path | None = None,
+             iterations: dict[str, int] | None = None, config: EvalConfig | None = None, quiet: bool = False,
+             **overrides) -> EvalResult:
+    """Each model ({label: ref | (base, adapters) | Teacher}) answers each prompt k times; grade and summarize.
+
+    Writes `results.jsonl` (one line per answer) and `summary.json` to `output`. `judge` (a model
+    reference, an http(s) URL or a Teacher) grades each answer 0-5; without one the score is 5 x ROUGE-L
+    against the prompts' reference answers. `test` adds the held-out split: loss per model, and prompts.
+    """
+    cfg = config if config is not None else EvalConfig()
+    cfg = resolve(EvalConfig, **{**dataclasses.asdict(cfg), **overrides})
+    if not models:
+        raise MlxlabError("no model to evaluate", hint="pass at least one model reference")
+    if cfg.k < 1:
+        raise MlxlabError(f"k must be at least 1, found {cfg.k}")
+    for spec in models.values():             # every checkpoint checked before an hour of answering
+        if not isinstance(spec, Teacher):
+            _split(spec)
+    pset = load_prompts(prompts if prompts is not None else cfg.prompts, test if test is not None else cfg.test,
+                        test_prompts=cfg.test_prompts)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    save_resolved(output / "config.yaml", cfg)
+    _atomic_write(output / "prompts.json", json.dumps(
+        {p.id: {"messages": p.messages, "reference": p.reference, "source": p.source} for p in pset.prompts},
+        indent=2, ensure_ascii=False) + "\n")
+    say = (lambda *a: None) if quiet else (lambda text: print(text, file=sys.stderr))
+    seeds = _seeds(cfg)
+    by_id = {p.id: p for p in pset.prompts}
+    rows: list[dict] = []
+    losses: dict[str, dict] = {}
+    teacher: Teacher | None = None
+    for label, spec in models.items():
+        tic = time.perf_counter()
+        teacher = _answerer(spec, teacher, cfg)
+        jobs = [(p, j, s) for j, s in enumerate(seeds) for p in pset.prompts]
+        outs = teacher.generate([p.messages for p, _, _ in jobs], seeds=[s for _, _, s in jobs], n=1,
+                                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+        for (prompt, sample, seed), out in zip(jobs, outs):
+            completion = out[0]
+            rows.append({"id": _answer_id(label, prompt.id, sample), "model": label,
+                         "iteration": (iterations or {}).get(label), "prompt": prompt.id, "sample": sample,
+                         "seed": seed, "answer": completion.text, "tokens": completion.tokens,
+                         "finish_reason": completion.finish_reason,
+                         "rouge_l": rouge_l(completion.text, prompt.reference) if prompt.reference else None})
+        if pset.heldout and isinstance(teacher, _ModelTeacher):
+            loss, count = heldout_loss(teacher.model, teacher.tokenizer, pset.heldout, path=pset.heldout_path,
+                                       max_seq_length=cfg.max_seq_length)
+            losses[label] = {"heldout_loss": loss, "perplexity": math.exp(min(loss, 50)), "heldout_tokens": count}
+        say(f"{label}: {len(jobs)} answers in {time.perf_counter() - tic:.1f} s" +
+            (f", held-out loss {losses[label]['heldout_loss']:.4f}" if label in losses else ""))
+    if isinstance(teacher, _ModelTeacher) and teacher is not judge:
+        teacher.close()                      # free the last answerer before a judge loads
+    unparsed = 0
+    judge = judge if judge is not None else (cfg.judge_url or cfg.judge)
+    if judge is not None:
+        unparsed = judge_rows(rows, by_id, pset.rubric, _judge_teacher(judge, cfg), cfg)
+        say(f"judge: {len(rows) - unparsed} of {len(rows)} verdicts read, {unparsed} unparsed")
+    results = _atomic_write(output / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = _write_summary(output, rows, losses)
+    return EvalResult(output, results, output / "summary.json", summary, unparsed)
+
+
+# ---------------------------------------------------------------------------------------------- manual grades
+
+@dataclass(frozen=True)
+class GradeResult:
+    """How far a manual grading session got."""
+    grades: Path
+    graded: int          # answers with a grade, over all sessions
+    total: int
+    summary: dict
+
+
+def grade(output: str | Path = "eval", *, input: TextIO | None = None, out: TextIO | None = None,
+          seed: int = 0) -> GradeResult:
+    """Grade the answers in `output/results.jsonl` by hand, blind: shuffled, model hidden; resumable.
+
+    Each grade is appended to `grades.jsonl` as it is given, so quitting (q, Ctrl-D, Ctrl-C) loses nothing
+    and the next session continues with the next ungraded answer in the same shuffled order.
+    """
+    input = input or sys.stdin
+    out = out or sys.stdout
+    output = Path(output)
+    rows = read_results(output)
+    path = output / "grades.jsonl"
+    grades = read_grades(path)
+    order = sorted(rows, key=lambda r: r["id"])
+    random.Random(seed).shuffle(order)
+    prompts = _prompt_texts(output)
+    todo = [r for r in order if r["id"] not in grades]
+    out.write(f"{len(grades)} of {len(rows)} answers graded; {len(todo)} to go. {GRADE_HELP}\n")
+    with path.open("a", encoding="utf-8") as log:
+        for number, row in enumerate(todo, start=len(grades) + 1):
+            out.write(f"\n=== answer {number} of {len(rows)} === prompt: {row['prompt']}\n")
+            if row["prompt"] in prompts:
+                out.write(prompts[row["prompt"]].strip() + "\n")
+            out.write(f"--- answer ---\n{row['answer'].strip() or '(empty)'}\n")
+            value = _ask(input, out)
+            if value is None:
+                break
+            if value == "s":
+                continue
+            log.write(json.dumps({"id": row["id"], "grade": value, "time": time.time()}) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            grades[row["id"]] = value
+    losses = _saved_losses(output)
+    summary = _write_summary(output, rows, losses)
+    out.write(f"\n{len(grades)} of {len(rows)} answers graded -> {path}\n")
+    return GradeResult(path, len(grades), len(rows), summary)
+
+
+def _ask(input: TextIO, out: TextIO) -> int | str | None:
+    """A grade 0-5, 's' to skip, or None to stop (q, end of input)."""
+    while True:
+        out.write("grade (0-5, s, q)> ")
+        out.flush()
+        line = input.readline()
+        if not line:
+            return None
+        text = line.strip().lower()
+        if text in ("q", "quit", "exit"):
+            return None
+        if text == "s":
+            return "s"
+        if text in SCORES:
+            return int(text)
+        out.write(f"  '{line.strip()}' is not a grade: {GRADE_HELP}\n")
+
+
+def _prompt_texts(output: Path) -> dict[str, str]:
+    """Prompt id -> the user's question, from the prompts.json that `evaluate` wrote."""
+    try:
+        saved = json.loads((output / "prompts.json").read_text(encoding="utf-8"))
+        return {pid: "\n\n".join(m["content"] for m in p["messages"] if m["role"] == "user")
+                for pid, p in saved.items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _saved_losses(output: Path) -> dict:
+    try:   # the held-out losses that `evaluate` measured: grading changes only the scores
+        return json.loads((output / "summary.json").read_text(encoding="utf-8")).get("losses", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+@dataclass(frozen=True)
+class SweepResult:
+    """An iteration sweep: the training run, the evaluation of base + checkpoints, the figures and table."""
+    output: Path
+    train: object                          # TrainResult
+    eval: EvalResult
+    heldout_loss: dict[int, float | None]  # iteration (0 = base) -> held-out loss
+    plots: dict[str, Path]
+    table: Path
+
+
+def _heldout_file(data: Path, test) -> Path | None:
+    """The held-out split for a sweep: `test`, else DATA/test.jsonl, else DATA/valid.jsonl (never trained on)."""
+    if test is not None:
+        return Path(test)
+    for name in ("test.jsonl", "valid.jsonl"):
+        if data.is_dir() and (data / name).is_file():
+            return data / name
+    return None
+
+
+def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_sweep", *,
+          iters: list[int] | tuple[int, ...] | None = None, prompts: str | Path | PromptSet | None = None,
+          test: str | Path | None = None, judge=None, config: EvalConfig | None = None,
+          train_config=None, train_overrides: dict | None = None, quiet: bool = False, **overrides) -> SweepResult:
+    """Train once with checkpoints at `iters`, evaluate the base and every checkpoint, draw the paper's plots.
+
+    Writes `train/` (adapters, checkpoints, train_log.jsonl), `eval/` (results, summary), the PNGs and
+    `summary.md` into `output`. A finished training run there is reused; an interrupted one resumes.
+    """
+    from mlxlab.plots import sweep_plots, sweep_table
+    from mlxlab.train import checkpoints, train
+
+    cfg = config if config is not None else EvalConfig()
+    cfg = resolve(EvalConfig, **{**dataclasses.asdict(cfg), **overrides, **({"iters": list(iters)} if iters else {})})
+    points = sorted(set(cfg.iters))
+    if not points or points[0] < 1:
+        raise MlxlabError(f"iters must be positive iteration counts, found {cfg.iters}",
+                          hint="e.g. --iters 100,250,500,1000")
+    output, data = Path(output), Path(data)
+    train_dir = output / "train"
+    done = checkpoints(train_dir)
+    if (train_dir / "result.json").is_file() and all(i in done for i in points):
+        from mlxlab.train import _result_from_json
+        trained = _result_from_json(json.loads((train_dir / "result.json").read_text(encoding="utf-8")))
+    else:
+        trained = train(model, data, train_dir, config=train_config, quiet=quiet,
+                        **{**(train_overrides or {}), "num_iters": points[-1], "save_at": points,
+                           "save_every": 0, "num_epochs": None, "resume": bool(done)})
+    missing = [i for i in points if i not in trained.checkpoints]
+    if missing:
+        raise MlxlabError(f"training left no checkpoint at iteration {', '.join(map(str, missing))}",
+                          path=train_dir / "checkpoints", hint="check --iters against the run's num_iters")
+    base = model if model is not None else "smollm2"
+    models = {"base": base, **{f"iter {i}": (base, trained.checkpoints[i]) for i in points}}
+    labels = {"base": 0, **{f"iter {i}": i for i in points}}
+    result = evaluate(models, prompts, output=output / "eval", test=_heldout_file(data, test), judge=judge,
+                      iterations=labels, config=cfg, quiet=quiet)
+    losses = {labels[m]: v.get("heldout_loss") for m, v in result.summary["models"].items()}
+    plots = sweep_plots(result.summary, trained.log, output)
+    table = sweep_table(result.summary, output / "summary.md", plots)
+    return SweepResult(output, trained, result, losses, plots, table)

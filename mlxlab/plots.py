@@ -1,0 +1,219 @@
+"""Summaries, figures and tables of evaluation results, drawn as in the seed paper (section 4.2).
+
+`summarize` turns answer rows into per-model figures. For a sweep: score against iterations per prompt,
+the mean with its spread, all prompts side by side, the training loss with the held-out loss at each
+checkpoint, and a markdown table. matplotlib (Agg) is imported inside the functions, so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def _stats(values: list[float]) -> dict | None:
+    """mean, std, min, max and n of `values` (None when empty)."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def score_of(row: dict, grades: dict[str, int]) -> tuple[float | None, str]:
+    """(0-5 score, its kind) of one answer: a manual grade, else the judge's, else 5 x ROUGE-L."""
+    if row["id"] in grades:
+        return float(grades[row["id"]]), "manual"
+    if row.get("judge_score") is not None:
+        return float(row["judge_score"]), "judge"
+    if row.get("rouge_l") is not None:
+        return 5.0 * row["rouge_l"], "rouge_l"
+    return None, "none"
+
+
+def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] | None = None) -> dict:
+    """Per model: score per prompt (mean, std, min, max), overall, ROUGE-L, judge figures, held-out loss."""
+    grades = grades or {}
+    kinds: set[str] = set()
+    models: dict[str, dict] = {}
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == label]
+        scored = [(r, *score_of(r, grades)) for r in mine]
+        kinds.update(kind for _, s, kind in scored if s is not None)
+        per_prompt = {pid: _stats([s for r, s, _ in scored if r["prompt"] == pid and s is not None])
+                      for pid in dict.fromkeys(r["prompt"] for r in mine)}
+        means = [p["mean"] for p in per_prompt.values() if p]
+        judged = [r for r in mine if "judge_raw" in r]
+        models[label] = {
+            "iteration": mine[0].get("iteration"),
+            "score": _stats([s for _, s, _ in scored if s is not None]),
+            "score_of_prompt_means": _stats(means),
+            "prompts": per_prompt,
+            "rouge_l": _stats([r["rouge_l"] for r in mine if r.get("rouge_l") is not None]),
+            "judge": _stats([float(r["judge_score"]) for r in judged if r.get("judge_score") is not None]),
+            "judge_unparsed": sum(1 for r in judged if r.get("judge_score") is None),
+            "manual": _stats([float(grades[r["id"]]) for r in mine if r["id"] in grades]),
+            **losses.get(label, {"heldout_loss": None, "perplexity": None, "heldout_tokens": 0}),
+        }
+    kind = "mixed: " + ", ".join(sorted(kinds)) if len(kinds) > 1 else next(iter(kinds), "none")
+    return {"score_kind": kind, "score_note": {
+        "manual": "mean manual grade (0-5)", "judge": "mean judge score (0-5)",
+        "rouge_l": "5 x ROUGE-L against the reference answers (no judge given)"}.get(kind, kind),
+        "models": models}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+    return path
+
+
+def _series(summary: dict) -> list[tuple[str, int, dict]]:
+    """(label, iteration, figures) of each model, in iteration order (the base is iteration 0)."""
+    rows = [(label, m.get("iteration") or 0, m) for label, m in summary["models"].items()]
+    return sorted(rows, key=lambda r: r[1])
+
+
+def _score_label(summary: dict) -> str:
+    return {"rouge_l": "score (5 x ROUGE-L)", "judge": "judge score (0-5)", "manual": "grade (0-5)"}.get(
+        summary["score_kind"], "score (0-5)")
+
+
+def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str, Path]:
+    """per_prompt.png, mean.png, side_by_side.png, loss.png and heldout_loss.png in `output`; their paths."""
+    plt = _pyplot()
+    output.mkdir(parents=True, exist_ok=True)
+    series = _series(summary)
+    xs = [it for _, it, _ in series]
+    prompts = list(dict.fromkeys(p for _, _, m in series for p in m["prompts"]))
+    ylabel = _score_label(summary)
+    plots = {}
+
+    cols = min(3, len(prompts))
+    rows = -(-len(prompts) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, pid in zip(axes.flat, prompts):
+        stats = [m["prompts"].get(pid) for _, _, m in series]
+        points = [(x, s) for x, s in zip(xs, stats) if s]
+        if points:
+            px, ps = zip(*points)
+            means = [s["mean"] for s in ps]
+            ax.errorbar(px, means, yerr=[[m - s["min"] for m, s in zip(means, ps)],
+                                         [s["max"] - m for m, s in zip(means, ps)]], fmt="o-", capsize=3)
+        ax.set_title(pid, fontsize=10)
+        ax.set_ylim(-0.2, 5.2)
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(prompts):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle("score per prompt (mean of the answers; bars: min-max)")
+    fig.tight_layout()
+    plots["per_prompt"] = _save(fig, output / "per_prompt.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    scores = [m["score"] for _, _, m in series]
+    ok = [(x, s) for x, s in zip(xs, scores) if s]
+    if ok:
+        px, ps = zip(*ok)
+        mean = [s["mean"] for s in ps]
+        ax.fill_between(px, [s["min"] for s in ps], [s["max"] for s in ps], alpha=0.12, label="min-max")
+        ax.fill_between(px, [m - s["std"] for m, s in zip(mean, ps)], [m + s["std"] for m, s in zip(mean, ps)],
+                        alpha=0.3, label="mean ± std")
+        ax.plot(px, mean, "o-", label="mean over all answers")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.2, 5.2)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("mean performance")
+    fig.tight_layout()
+    plots["mean"] = _save(fig, output / "mean.png")
+
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(prompts) + 2), 4))
+    width = 0.8 / max(1, len(series))
+    for n, (label, _, m) in enumerate(series):
+        values = [(m["prompts"].get(p) or {}).get("mean", 0.0) for p in prompts]
+        ax.bar([i + n * width - 0.4 + width / 2 for i in range(len(prompts))], values, width, label=label)
+    ax.set_xticks(range(len(prompts)), prompts, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 5.2)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title("all prompts side by side")
+    fig.tight_layout()
+    plots["side_by_side"] = _save(fig, output / "side_by_side.png")
+
+    heldout = [(x, m.get("heldout_loss")) for x, (_, _, m) in zip(xs, series) if m.get("heldout_loss") is not None]
+    log = [json.loads(line) for line in train_log.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if train_log is not None and Path(train_log).is_file() else []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if log:
+        ax.plot([r["iter"] for r in log if "loss" in r], [r["loss"] for r in log if "loss" in r], linewidth=1,
+                label="training loss")
+        val = [(r["iter"], r["val_loss"]) for r in log if "val_loss" in r]
+        if val:
+            ax.plot(*zip(*val), "s--", label="validation loss")
+    if heldout:
+        ax.plot(*zip(*heldout), "o-", label="held-out loss (checkpoints)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("loss curve")
+    fig.tight_layout()
+    plots["loss"] = _save(fig, output / "loss.png")
+
+    if heldout:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot(*zip(*heldout), "o-")
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("held-out loss (mean NLL per assistant token)")
+        ax.grid(alpha=0.3)
+        ax.set_title("held-out loss vs iterations")
+        fig.tight_layout()
+        plots["heldout_loss"] = _save(fig, output / "heldout_loss.png")
+    return plots
+
+
+def _cell(stats: dict | None, digits: int = 2) -> str:
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}" if stats else "–"
+
+
+def sweep_table(summary: dict, path: Path, plots: dict[str, Path] | None = None) -> Path:
+    """A markdown table (one row per model) of scores per prompt, ROUGE-L, judge and held-out loss."""
+    series = _series(summary)
+    prompts = list(dict.fromkeys(p for _, _, m in series for p in m["prompts"]))
+    lines = ["# Iteration sweep", "",
+             f"Score: {summary.get('score_note', summary['score_kind'])}; 0-5, mean ± std over the answers.", ""]
+    head = ["model", "iterations", "score", *prompts, "ROUGE-L", "judge (unparsed)", "held-out loss", "perplexity"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, it, m in series:
+        loss = m.get("heldout_loss")
+        judge = f"{_cell(m['judge'])} ({m['judge_unparsed']})" if m["judge"] or m["judge_unparsed"] else "–"
+        cells = [label, str(it), _cell(m["score"]), *(_cell(m["prompts"].get(p)) for p in prompts),
+                 _cell(m["rouge_l"], 3), judge, f"{loss:.4f}" if loss is not None else "–",
+                 f"{m['perplexity']:.2f}" if m.get("perplexity") is not None else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    losses = [(it, m["heldout_loss"]) for _, it, m in series if m.get("heldout_loss") is not None]
+    if len(losses) > 1:
+        first, last = losses[0][1], losses[-1][1]
+        lines += ["", (f"Held-out loss {first:.4f} (iteration {losses[0][0]}) -> {last:.4f} (iteration "
+                       f"{losses[-1][0]}): {last - first:+.4f} ({(last - first) / first:+.1%}).")]
+    if plots:
+        lines += ["", *(f"![{name}]({p.name})" for name, p in plots.items())]
+    from mlxlab.sdg import _atomic_write
+
+    return _atomic_write(path, "\n".join(lines) + "\n")
