@@ -65,19 +65,61 @@ def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] 
         "models": models}
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+class _Figures:
+    """`subplots` like pyplot's, on bare `matplotlib.figure.Figure`s: no global backend is switched, so a
+    notebook's inline display keeps working and nothing needs closing."""
+
+    @staticmethod
+    def subplots(*grid, figsize=None, squeeze=True):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*grid, squeeze=squeeze)
+
+
+def _pyplot() -> _Figures:
+    return _Figures()
 
 
 def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, path)
-    _pyplot().close(fig)
     return path
+
+
+def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None = None) -> None:
+    """Training loss, validation loss and (optionally) held-out loss at checkpoints against iteration."""
+    train_rows = [(r["iter"], r["loss"]) for r in log_rows if "loss" in r]
+    val_rows = [(r["iter"], r["val_loss"]) for r in log_rows if "val_loss" in r]
+    if train_rows:
+        ax.plot(*zip(*train_rows), linewidth=1, label="training loss")
+    if val_rows:
+        ax.plot(*zip(*val_rows), "s--", label="validation loss")
+    if heldout:
+        ax.plot(*zip(*heldout), "o-", label="held-out loss (checkpoints)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def read_log(train_log: Path | None) -> list[dict]:
+    """The rows of a train_log.jsonl ([] when there is none)."""
+    if train_log is None or not Path(train_log).is_file():
+        return []
+    return [json.loads(line) for line in Path(train_log).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss(train_log: Path, png: Path) -> Path | None:
+    """The loss curve of a training log as a PNG (None when matplotlib is not installed)."""
+    try:
+        fig, ax = _pyplot().subplots(figsize=(7, 4))
+    except ImportError:
+        return None
+    draw_loss(ax, read_log(train_log))
+    fig.tight_layout()
+    return _save(fig, Path(png))
 
 
 def _series(summary: dict) -> list[tuple[str, int, dict]]:
@@ -157,21 +199,8 @@ def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str
     plots["side_by_side"] = _save(fig, output / "side_by_side.png")
 
     heldout = [(x, m.get("heldout_loss")) for x, (_, _, m) in zip(xs, series) if m.get("heldout_loss") is not None]
-    log = [json.loads(line) for line in train_log.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if train_log is not None and Path(train_log).is_file() else []
     fig, ax = plt.subplots(figsize=(7, 4))
-    if log:
-        ax.plot([r["iter"] for r in log if "loss" in r], [r["loss"] for r in log if "loss" in r], linewidth=1,
-                label="training loss")
-        val = [(r["iter"], r["val_loss"]) for r in log if "val_loss" in r]
-        if val:
-            ax.plot(*zip(*val), "s--", label="validation loss")
-    if heldout:
-        ax.plot(*zip(*heldout), "o-", label="held-out loss (checkpoints)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    draw_loss(ax, read_log(train_log), heldout)
     ax.set_title("loss curve")
     fig.tight_layout()
     plots["loss"] = _save(fig, output / "loss.png")

@@ -251,32 +251,6 @@ def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerpri
     return state
 
 
-def plot_loss(log: Path, png: Path) -> Path | None:
-    """Training and validation loss against iteration as a PNG (None when matplotlib is missing)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train_rows = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
-    val_rows = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train_rows:
-        ax.plot(*zip(*train_rows), label="train", linewidth=1)
-    if val_rows:
-        ax.plot(*zip(*val_rows), "o-", label="validation")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _write_atomic(png, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
-    return png
-
-
 def _progress(total: int, start: int, quiet: bool):
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -475,6 +449,8 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
             progress.update(task, advance=1, info=f"loss {last_loss:.3f} {row['tokens_per_second']:.0f} tok/s")
 
     save_adapters(net, output, adapter_cfg)
+    from mlxlab.plots import plot_loss
+
     plot = plot_loss(log_path, output / "loss.png")
     result = TrainResult(
         adapters=output, checkpoints=checkpoints(output), final_loss=last_loss, val_loss=val_loss,
