@@ -474,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
+    import os
+
+    saved = dict(os.environ)  # _setup_device passes the policy on through the environment; undo that after
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:
@@ -493,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mlxlab: internal error: {type(exc).__name__}: {exc}\n"
                          "  this is a bug in mlxlab; rerun with --debug for the traceback and report it\n")
         return 1
+    finally:
+        if os.environ != saved:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 if __name__ == "__main__":

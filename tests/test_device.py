@@ -118,10 +118,11 @@ def test_llama_threads_is_one_on_two_cpus(monkeypatch):
     assert device.llama_threads() >= 4
 
 
-def test_cpu_policy_dequantizes_small_quantized_models_exactly():
+def test_cpu_policy_dequantizes_small_quantized_models_exactly(monkeypatch):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
+    monkeypatch.delenv(device.DEQUANTIZE_ENV, raising=False)
     mx = device.import_mlx()
     mx.set_default_device(mx.cpu)
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32))
