@@ -1,0 +1,132 @@
+"""Knowledge documents as chunks of about `chunk_tokens` teacher tokens, with overlap, headings kept.
+
+A chunk never starts in the middle of a paragraph when it can avoid it, and carries the Markdown
+headings it sits under, so a chunk taken alone still says what it is about. A paragraph longer than a
+chunk is split by lines, then by words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlab.errors import MlxlabError
+
+TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document: its text (headings first), where it came from, its size in tokens."""
+    text: str
+    source: str
+    index: int
+    tokens: int
+
+
+def read_document(path: str | Path) -> str:
+    """The text of a .md/.txt document (PDF needs an extra this package does not ship)."""
+    path = Path(path)
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        raise MlxlabError(f"cannot read {path.suffix or 'this'} documents; mlxlab reads .md and .txt",
+                          path=path, hint="convert the document to Markdown, or remove it from document.patterns")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MlxlabError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+    except OSError as exc:
+        raise MlxlabError(f"cannot read document: {exc.strerror}", path=path) from None
+
+
+def _blocks(text: str) -> list[tuple[tuple[str, ...], str]]:
+    """(heading trail, paragraph) pairs; headings update the trail and are not paragraphs themselves."""
+    trail: list[tuple[int, str]] = []
+    blocks, lines = [], []
+
+    def flush():
+        if any(line.strip() for line in lines):
+            blocks.append((tuple(h for _, h in trail), "\n".join(lines).strip()))
+        lines.clear()
+
+    in_code = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        heading = None if in_code else _HEADING.match(line)
+        if heading:
+            flush()
+            level = len(heading.group(1))
+            trail = [(lv, h) for lv, h in trail if lv < level] + [(level, line.strip())]
+        elif not line.strip() and not in_code:
+            flush()
+        else:
+            lines.append(line)
+    flush()
+    return blocks
+
+
+def _split_long(paragraph: str, limit: int, count: Callable[[str], int]) -> list[str]:
+    """Pieces of a paragraph, each within `limit` tokens: whole lines where they fit, else runs of words."""
+    units = []
+    for line in paragraph.splitlines():
+        units.extend([line] if count(line) <= limit else [w for w in line.split(" ") if w] or [line])
+    pieces, current = [], ""
+    for unit in units:
+        sep = "\n" if unit in paragraph.splitlines() else " "
+        candidate = f"{current}{sep}{unit}" if current else unit
+        if current and count(candidate) > limit:
+            pieces.append(current)
+            candidate = unit
+        current = candidate
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: int = 500,
+               overlap_tokens: int = 50, source: str = "") -> list[Chunk]:
+    """Chunks of ~`chunk_tokens` tokens (by `count_tokens`), overlapping by ~`overlap_tokens` of paragraphs."""
+    if chunk_tokens < 16:
+        raise MlxlabError(f"chunk_tokens must be at least 16, found {chunk_tokens}")
+    blocks = []
+    for trail, paragraph in _blocks(text):
+        budget = max(8, chunk_tokens - count_tokens("\n".join(trail)) - 2)
+        for piece in (_split_long(paragraph, budget, count_tokens) if count_tokens(paragraph) > budget
+                      else [paragraph]):
+            blocks.append((trail, piece, count_tokens(piece)))
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(blocks):
+        trail = blocks[i][0]
+        header = "\n".join(trail)
+        used = count_tokens(header) if header else 0
+        j = i
+        while j < len(blocks) and (j == i or used + blocks[j][2] + 1 <= chunk_tokens):
+            used += blocks[j][2] + 1
+            j += 1
+        body = "\n\n".join(b[1] for b in blocks[i:j])
+        chunk = f"{header}\n\n{body}" if header and not body.startswith(header) else body
+        chunks.append(Chunk(chunk, source, len(chunks), count_tokens(chunk)))
+        if j >= len(blocks):
+            break
+        # step back over whole paragraphs worth up to `overlap_tokens`, but always move forward
+        back, k = 0, j
+        while k - 1 > i and back + blocks[k - 1][2] <= overlap_tokens:
+            k -= 1
+            back += blocks[k][2]
+        i = k
+    return chunks
+
+
+def chunk_documents(paths, count_tokens: Callable[[str], int], *, chunk_tokens: int = 500,
+                    overlap_tokens: int = 50) -> list[Chunk]:
+    """Chunks of every .md/.txt document in `paths`, in order; other files are an MlxlabError."""
+    chunks: list[Chunk] = []
+    for path in paths:
+        for chunk in chunk_text(read_document(path), count_tokens, chunk_tokens=chunk_tokens,
+                                overlap_tokens=overlap_tokens, source=str(path)):
+            chunks.append(Chunk(chunk.text, chunk.source, len(chunks), chunk.tokens))
+    return chunks

@@ -1,0 +1,388 @@
+"""SDG: parsers and filters on scripted outputs (garbage included), a real run with the embedded SmolLM2
+teacher, kill-and-resume equality with a real subprocess, the invalid-taxonomy error, datasets and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlxlab.chunking import chunk_text
+from mlxlab.errors import MlxlabError
+from mlxlab.prompts import extract, load_prompt, parse_score
+from mlxlab.sdg import Journal, remove_near_duplicates, rouge_l
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FREEFORM = """\
+version: 3
+created_by: tester
+task_description: Write a short haiku about the given subject.
+seed_examples:
+  - question: Write a haiku about the sea.
+    answer: Waves fold into foam, salt wind carries gull voices, the tide keeps its time.
+  - question: Write a haiku about autumn leaves.
+    answer: Red leaves drift and fall, the maple lets go softly, paths turn into gold.
+  - question: Write a haiku about a city at night.
+    answer: Neon hums in rain, windows glow like sleepless eyes, taxis drift like fish.
+  - question: Write a haiku about morning coffee.
+    answer: Steam curls from the cup, bitter warmth wakes the quiet, the day starts to hum.
+  - question: Write a haiku about a mountain.
+    answer: Stone shoulders of snow, clouds rest on the silent peak, eagles trace the wind.
+"""
+
+KNOWLEDGE = """\
+version: 3
+created_by: tester
+domain: astronomy
+document_outline: Notes on the planet Mars.
+seed_examples:
+{examples}
+document:
+  repo: {repo}
+  commit: main
+  patterns:
+    - "*.md"
+"""
+
+MARS = """\
+# Mars
+
+Mars is the fourth planet from the Sun. It has two small moons, Phobos and Deimos.
+
+## Surface
+
+The surface of Mars is red because of iron oxide dust. Olympus Mons, the largest volcano in the
+solar system, stands on Mars.
+
+## Atmosphere
+
+The atmosphere of Mars is thin and made mostly of carbon dioxide.
+"""
+
+
+def _knowledge_examples() -> str:
+    blocks = []
+    for i in range(5):
+        qas = "\n".join(f"""      - question: Question {i}.{j} about Mars, what is fact {j}?
+        answer: Answer {i}.{j}, Mars fact number {j}.""" for j in range(3))
+        blocks.append(f"""  - context: Mars context number {i} says Mars is red and has two moons.
+    questions_and_answers:
+{qas}""")
+    return "\n".join(blocks)
+
+
+def make_taxonomy(root: Path, *, knowledge: bool = False, broken: bool = False) -> Path:
+    """A tiny valid taxonomy: one freeform skill leaf (and one knowledge leaf with a local document)."""
+    leaf = root / "compositional_skills" / "writing" / "haiku"
+    leaf.mkdir(parents=True)
+    text = FREEFORM if not broken else FREEFORM.replace("task_description:", "task_descriptio:")
+    (leaf / "qna.yaml").write_text(text)
+    if knowledge:
+        docs = root.parent / f"{root.name}-docs"
+        docs.mkdir()
+        (docs / "mars.md").write_text(MARS)
+        kleaf = root / "knowledge" / "astronomy" / "mars"
+        kleaf.mkdir(parents=True)
+        (kleaf / "qna.yaml").write_text(KNOWLEDGE.format(examples=_knowledge_examples(), repo=docs))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+@pytest.mark.parametrize("text, expected", [
+    ("[Start of Question]\nWhat is Jolie?\n[End of Question]", "What is Jolie?"),
+    ("blah [start of question] lower case? [end of question] tail", "lower case?"),
+    ("[ Start Of Question ]spaced[ End of Question ]", "spaced"),
+    ("[Start of Question]\nno end tag here", "no end tag here"),
+    ("**[Start of Question]** bold? **[End of Question]**", "bold?"),
+    ("[Start of Question][End of Question]", None),
+    ("", None),
+    ("\x00\xff garbage ]]][[[", None),
+])
+def test_extract_is_tolerant(text, expected):
+    assert extract(text, "Question") == expected
+
+
+def test_extract_fallback_only_for_untagged_text():
+    assert extract("Write a poem about tea.", "Question", fallback=True) == "Write a poem about tea."
+    assert extract("[Start of Answer] x [End of Answer]", "Question", fallback=True) is None
+    assert extract(None, "Question") is None
+
+
+@pytest.mark.parametrize("text, allowed, expected", [
+    ("Good question.\n[Start of Score]\n1\n[End of Score]", ("0", "1"), "1"),
+    ("Score: 0", ("0", "1"), "0"),
+    ("The rating is 3", ("1", "2", "3"), "3"),
+    ("[Start of Score] 7 [End of Score]", ("1", "2", "3"), None),
+    ("it is 1 or maybe 0", ("0", "1"), None),
+    ("I think 2.5 out of 3", ("1", "2", "3"), "3"),
+    ("[Start of Verdict]\nyes\n[End of Verdict]", ("YES", "NO"), "YES"),
+    ("The answer is NOT supported. NO", ("YES", "NO"), "NO"),
+    ("%%%%", ("0", "1"), None),
+])
+def test_parse_score(text, allowed, expected):
+    assert parse_score(text, allowed, "Verdict" if "YES" in allowed else "Score") == expected
+
+
+def test_prompts_render_every_role():
+    from mlxlab.sdg import ROLES
+
+    roles = ROLES
+    assert {f"{r}.yaml" for r in roles} <= {p.name for p in (ROOT / "mlxlab" / "prompts").glob("*.yaml")}
+    values = dict(task_description="T {with braces}", seed_question="SQ", seed_answer="SA", seed_context="SC",
+                  context="C", question="Q", answer="A", context_block="", domain="D", document_outline="O",
+                  examples="E", chunk="CH")
+    for role in roles:
+        prompt = load_prompt(role)
+        messages = prompt.render(**values)
+        assert [m["role"] for m in messages] == ["system", "user"]
+        assert prompt.output and "{" not in messages[1]["content"].replace("{with braces}", "")
+
+
+def test_rouge_l_and_dedup():
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l("", "x") == 0.0
+    assert 0 < rouge_l("the cat sat", "a cat sat down") < 1
+    texts = ["Write a haiku about the sea.", "write a HAIKU about the sea!", "Explain tides.", ""]
+    assert remove_near_duplicates(texts, 0.7) == [0, 2]
+    assert remove_near_duplicates(texts, 0.7, reference=["Explain tides"]) == [0]
+
+
+def test_journal_ignores_torn_line_and_restarts_on_new_settings(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, "fp1")
+    journal.add([{"unit": "a", "text": "x", "tokens": 1}])
+    with open(path, "a") as handle:
+        handle.write('{"unit": "b", "text": "torn')      # a SIGKILL in the middle of a write
+    assert set(Journal(path, "fp1").records) == {"a"}
+    assert not Journal(path, "fp1").restarted
+    fresh = Journal(path, "fp2")
+    assert fresh.records == {} and fresh.restarted       # other settings: the old work does not apply
+    assert path.with_suffix(".jsonl.stale").exists()
+
+
+def test_chunking_keeps_headings_and_bounds():
+    count = lambda t: len(t.split())
+    doc = MARS + "\n## Long\n\n" + "dust " * 400
+    chunks = chunk_text(doc, count, chunk_tokens=60, overlap_tokens=10, source="mars.md")
+    assert all(c.tokens <= 70 for c in chunks)
+    assert all(c.text.startswith("# Mars") for c in chunks)
+    assert any("## Long" in c.text for c in chunks) and any("Olympus" in c.text for c in chunks)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+def _leaf_stub(tmp_path):
+    from mlxlab.taxonomy import Taxonomy
+
+    return Taxonomy.load(make_taxonomy(tmp_path / "tax", knowledge=True)).leaves
+
+
+def test_datasets_from_scripted_samples(tmp_path):
+    from mlxlab.config import GenerateConfig
+    from mlxlab.datasets import stats, write_datasets
+
+    leaves = _leaf_stub(tmp_path)
+    kinds = {leaf.kind: leaf.name for leaf in leaves}
+    skills = [{"unit": f"{i}/0", "question": f"Q{i}?", "answer": f"A{i}.", "leaf": kinds["freeform_skill"],
+               "kind": "freeform_skill", "scores": {"pair": "3"}} for i in range(8)]
+    knowledge = [{"unit": f"{i}/0", "question": f"KQ{i}?", "answer": f"KA{i}.", "chunk": f"chunk {i % 3}",
+                  "leaf": kinds["knowledge"], "kind": "knowledge", "scores": {"faithful": "YES"}} for i in range(4)]
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"r{i}"},
+                                                       {"role": "assistant", "content": "ok"}]}) + "\n"
+                              for i in range(20)))
+    cfg = GenerateConfig(valid_fraction=0.2, replay=str(replay), replay_ratio=0.5, distractors=2)
+    files = write_datasets(tmp_path / "out", leaves, {kinds["freeform_skill"]: skills,
+                                                      kinds["knowledge"]: knowledge}, cfg)
+    train, valid = stats(files["train"]), stats(files["valid"])
+    assert train["records"] + valid["records"] == 12 + train["by_source"].get("replay", 0)
+    assert valid["records"] >= 1 and train["by_source"]["replay"] == round(0.5 * (12 - valid["records"]))
+    phase1 = [json.loads(line) for line in files["knowledge_phase1"].read_text().splitlines()]
+    assert len(phase1) == 4 and phase1[0]["metadata"]["phase"] == 1
+    assert phase1[0]["messages"][0]["content"].startswith("chunk")
+    mixed = [json.loads(line) for line in (files["train"].read_text() + files["valid"].read_text()).splitlines()]
+    k2 = [r for r in mixed if r["metadata"].get("phase") == 2]
+    assert all(r["messages"][0]["content"].count("Document ") == 3 for r in k2)   # chunk + 2 distractors
+    test = stats(files["test"])
+    assert test["by_leaf"] == {kinds["freeform_skill"]: 5, kinds["knowledge"]: 15}
+
+
+def test_invalid_taxonomy_reports_validator_messages(tmp_path):
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy", broken=True)
+    with pytest.raises(MlxlabError) as info:
+        generate_data(tax, output=tmp_path / "data")
+    assert "qna.yaml:" in str(info.value) and "error" in str(info.value)
+    cli = subprocess.run([sys.executable, "-m", "mlxlab", "generate", "--taxonomy", str(tax), "--output",
+                          str(tmp_path / "data")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "qna.yaml:" in cli.stderr and "Traceback" not in cli.stderr
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+SMALL = ["--samples-per-seed", "1", "--max-tokens", "24", "--judge-max-tokens", "8", "--batch-size", "2",
+         "--allow-empty", "--quiet", "--seed", "3"]
+
+
+def _journal_texts(out: Path) -> dict:
+    texts = {}
+    for path in sorted((out / ".journal").glob("*.jsonl")):
+        for line in path.read_text().splitlines()[1:]:
+            record = json.loads(line)
+            texts[(path.name, record["unit"])] = (record["text"], record["tokens"])
+    return texts
+
+
+def _final(out: Path) -> dict:
+    files = {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.rglob("*.jsonl"))
+             if ".journal" not in p.parts}
+    report = json.loads((out / "report.json").read_text())
+    funnels = [(leaf["leaf"], leaf["stages"], leaf["kept"], leaf["tokens"]) for leaf in report["leaves"]]
+    return {"files": files, "funnels": funnels, "journal": _journal_texts(out)}
+
+
+@pytest.mark.slow
+def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    result = generate_data(tax, output=tmp_path / "data", samples_per_seed=1, max_tokens=32, judge_max_tokens=12,
+                           batch_size=5, allow_empty=True, quiet=True, chunk_tokens=64, seed=1)
+    report = json.loads(result.report.read_text())
+    assert {leaf["kind"] for leaf in report["leaves"]} == {"freeform_skill", "knowledge"}
+    for leaf in report["leaves"]:
+        assert leaf["stages"][0]["sent"] == 5 and leaf["tokens"] > 0
+        for before, after in zip(leaf["stages"], leaf["stages"][1:]):
+            assert after["sent"] == before["passed"]                  # each filter feeds the next
+        assert leaf["kept"] == result.kept[leaf["leaf"]]
+    for path in (result.train, result.valid, result.test):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+            assert record["metadata"]["leaf"] and record["metadata"]["kind"]
+    assert len(result.test.read_text().splitlines()) == 5 + 15
+    assert report["generated_tokens"] == sum(leaf["tokens"] for leaf in report["leaves"])
+
+
+@pytest.mark.slow
+def test_empty_leaf_is_an_error_naming_the_filters(smollm2_dir, tmp_path):
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    # a threshold no judge can reach empties the leaf for certain
+    with pytest.raises(MlxlabError) as info:
+        generate_data(tax, output=tmp_path / "data", samples_per_seed=1, max_tokens=8, judge_max_tokens=4,
+                      question_threshold=2, quiet=True)
+    message = str(info.value)
+    assert "compositional_skills/writing/haiku" in message and "question_judge:" in message
+    assert "--allow-empty" in message and (tmp_path / "data" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted(smollm2_dir, tmp_path):
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    command = [sys.executable, "-m", "mlxlab", "generate", "--taxonomy", str(tax), *SMALL]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    subprocess.run([*command, "--output", str(full)], check=True, timeout=600, capture_output=True)
+
+    proc = subprocess.Popen([*command, "--output", str(resumed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal = resumed / ".journal" / "compositional_skills__writing__haiku.jsonl"
+    deadline = time.time() + 300
+    # kill after the first group of units is on disk and before the run ends
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(journal.read_text().splitlines()) - 1
+    assert not (resumed / "report.json").exists() and 0 < partial
+
+    subprocess.run([*command, "--output", str(resumed)], check=True, timeout=600, capture_output=True)
+    assert _final(resumed) == _final(full)
+    units = [json.loads(line)["unit"] for line in journal.read_text().splitlines()[1:]]
+    assert len(units) == len(set(units))                               # nothing done twice
+
+
+# ---------------------------------------------------------------------------------------------- scripted
+
+NEW_TOPICS = {"the sea": "", "autumn": "Compose verses on falling maple foliage in October?",
+              "city": "Describe sleepless neon streets after midnight in seventeen syllables.",
+              "coffee": "Celebrate espresso crema at dawn in three short lines.",
+              "mountain": "Capture glaciers, cliffs and circling eagles in brief Japanese form."}
+
+
+class ScriptedTeacher:
+    """Canned outputs by role (garbage included), through the real pipeline, journal and datasets."""
+
+    backend, model_ref, url, batch_size, concurrency = "scripted", "scripted", None, 4, 1
+
+    def __init__(self):
+        from mlxlab.teacher import GenerationStats
+
+        self.stats = GenerationStats()
+        self.calls = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
+        from mlxlab.teacher import Completion
+
+        self.calls += 1
+        out = []
+        for messages in prompts:
+            user = messages[-1]["content"]
+            if "Write one new question for the same task" in user:          # questions
+                topic = next(t for t in NEW_TOPICS if t in user)
+                text = ("\x00]]garbage[[" if topic == "the sea" else
+                        f"[Start of Question]\n{NEW_TOPICS[topic]}\n[End of Question]")
+            elif "Judge the question below" in user:                        # question judge
+                text = ("Fine. Score: 0" if "maple" in user else "[Start of Score]\n1\n[End of Score]")
+            elif "Answer the question at the end" in user:                  # answers
+                text = "[Start of Answer]\nA quiet haiku.\n[End of Answer]"
+            elif "Rate how well the answer" in user:                        # pair judge
+                text = "no idea at all" if "neon" in user else "[Start of Score]\n3\n[End of Score]"
+            else:
+                text = "unexpected prompt"
+            out.append([Completion(text, len(text.split()), "stop")])
+            if progress:
+                progress(1, len(text.split()))
+        return out
+
+
+def test_scripted_pipeline_counts_every_filter(tmp_path):
+    from mlxlab import sdg
+
+    teacher = ScriptedTeacher()
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    result = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
+                               judge_mode="generate")
+    (leaf,) = json.loads(result.report.read_text())["leaves"]
+    funnel = {s["stage"]: (s["sent"], s["unparsed"], s["passed"]) for s in leaf["stages"]}
+    # sea: garbage question; autumn: judged 0; city: unreadable pair verdict; coffee and mountain kept
+    assert funnel == {"questions": (5, 1, 4), "question_judge": (4, 0, 3), "answers": (3, 0, 3),
+                      "pair_judge": (3, 1, 2)}
+    assert leaf["kept"] == 2 and result.kept == {"compositional_skills/writing/haiku": 2}
+    lines = result.train.read_text().splitlines() + result.valid.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x)["metadata"]["scores"]["pair"] == "3" for x in lines)
+    calls = teacher.calls
+    again = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
+                              judge_mode="generate")
+    assert teacher.calls == calls and again.kept == result.kept          # all from the journal
+
+
+def test_fallback_rejects_garbage():
+    assert extract("\x00]]garbage[[", "Question", fallback=True) is None
+    assert extract("?? 12 !!", "Question", fallback=True) is None

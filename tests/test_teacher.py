@@ -1,0 +1,164 @@
+"""The teacher: MLX batching and prefix cache with the embedded SmolLM2, the openai backend against a real
+llama.cpp server on 127.0.0.1, the llama-cpp backend in-process, and the unreachable-endpoint error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+from mlxlab.teacher import (Completion, Teacher, completion_seed, make_teacher, plan_prefixes,
+                            shared_prefix_length)
+
+SYSTEM = {"role": "system", "content": "You are a friendly teacher. You write one short question about the "
+                                       "topic the user names, and nothing else. " * 3}
+
+
+def _prompts(count: int) -> list[list[dict]]:
+    return [[SYSTEM, {"role": "user", "content": f"Topic: the number {i}"}] for i in range(count)]
+
+
+def test_helpers():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([]) == 0
+    system, seed_a, seed_b = list(range(20)), list(range(100, 140)), list(range(200, 240))
+    prompts = [system + seed_a + [1, 2], system + seed_a + [3], system + seed_b + [4, 5], system + seed_b + [6],
+               [7] * 30]
+    # the two prompts of each seed share system + seed example; the odd one out shares nothing
+    assert plan_prefixes(prompts) == [60, 60, 60, 60, 0]
+    assert plan_prefixes([system + [1], system + [2]]) == [20, 20]
+    assert plan_prefixes([system, system]) == [19, 19]                   # one token of its own each
+    assert plan_prefixes([[1] * 10, [1] * 10 + [2]]) == [0, 0]          # too short to be worth it
+    a = completion_seed(0, _prompts(1)[0])
+    assert a == completion_seed(0, _prompts(1)[0]) != completion_seed(0, _prompts(1)[0], 1)
+    assert a != completion_seed(1, _prompts(1)[0])
+    with pytest.raises(MlxlabError, match="backend"):
+        Teacher(backend="vllm-magic")
+    with pytest.raises(MlxlabError, match="URL"):
+        Teacher(backend="openai")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_endpoint_fails_clearly_after_retries():
+    teacher = make_teacher("any", url=f"http://127.0.0.1:{_free_port()}", retries=2, backoff_s=0.05, timeout_s=2)
+    start = time.perf_counter()
+    with pytest.raises(MlxlabError) as info:
+        teacher.generate(_prompts(2), max_tokens=4)
+    message = str(info.value)
+    assert "after 3 attempts" in message and "/v1/chat/completions" in message and "hint:" in message
+    assert time.perf_counter() - start >= 0.05 + 0.1          # it backed off between attempts
+
+
+@pytest.mark.slow
+def test_mlx_batched_equals_one_at_a_time_and_prefix_cache(smollm2_dir):
+    teacher = Teacher(smollm2_dir, batch_size=4)
+    prompts = _prompts(4)
+    batched = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)
+    assert teacher.stats.cached_prefix_tokens > 0 and len(teacher.stats.first_token_seconds) == 1
+    assert all(len(c) == 1 and isinstance(c[0], Completion) and c[0].tokens > 0 for c in batched)
+    teacher.batch_size, teacher.prefix_cache = 1, False
+    single = teacher.generate(prompts[2:], temperature=0.8, max_tokens=12, seed=5)
+    # per-completion PRNG keys: a completion does not depend on its batch, its position or the prefix cache
+    assert [c[0].text for c in single] == [c[0].text for c in batched[2:]]
+    again = teacher.generate(prompts[:1], n=2, temperature=0.8, max_tokens=12, seed=5)
+    assert again[0][0].text == batched[0][0].text and again[0][0].finish_reason in ("stop", "length")
+    greedy = teacher.generate(prompts[:1], temperature=0.0, max_tokens=6, seed=1)
+    assert greedy == teacher.generate(prompts[:1], temperature=0.0, max_tokens=6, seed=2)
+    assert teacher.count_tokens("hello world") >= 2
+    # two prefix groups of different lengths in one batch (left-padded caches): still the same texts
+    other = {"role": "system", "content": "Answer like a pirate, always, in one short sentence. " * 2}
+    mixed = _prompts(2) + [[other, {"role": "user", "content": f"Say hello number {i}"}] for i in range(2)]
+    teacher.batch_size, teacher.prefix_cache = 4, True
+    grouped = teacher.generate(mixed, temperature=0.8, max_tokens=8, seed=5)
+    assert teacher.stats.cached_prefix_tokens > 0
+    teacher.batch_size, teacher.prefix_cache = 1, False
+    assert [c[0].text for c in teacher.generate(mixed[1:], temperature=0.8, max_tokens=8, seed=5)] == \
+        [c[0].text for c in grouped[1:]]
+    # constrained verdicts: always one of the choices, one forward pass each
+    teacher.batch_size, teacher.prefix_cache = 4, True
+    picked = teacher.choose(prompts, ["0", "1"], prefix="[Start of Score]\n")
+    assert len(picked) == 4 and set(picked) <= {"0", "1"}
+    assert teacher.choose(prompts[:2], ["YES", "NO"], prefix="[Start of Verdict]\n") != [None, None]
+    assert teacher.choose(prompts[:1], ["1", "10"]) is None              # same first token: cannot tell apart
+
+
+@pytest.fixture(scope="module")
+def llama_server(smollm2_gguf, tmp_path_factory):
+    """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving the embedded GGUF (1 thread)."""
+    port = _free_port()
+    # a file, not a pipe: llama.cpp logs more at load than a pipe buffer holds, and would block on it
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--host",
+                             "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1",
+                             "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2) as reply:
+                json.loads(reply.read())
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not come up in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.mark.slow
+def test_openai_backend_against_a_real_server(llama_server, monkeypatch):
+    monkeypatch.setenv("MLXLAB_TEACHER_API_KEY", "sk-test")        # sent as a bearer token; the server ignores it
+    teacher = make_teacher("smollm2", url=llama_server + "/v1", concurrency=2)
+    assert teacher.backend == "openai"
+    out = teacher.generate(_prompts(3), n=2, temperature=0.7, max_tokens=8, seed=4)
+    assert [len(c) for c in out] == [2, 2, 2]
+    assert all(c.text and 0 < c.tokens <= 8 and c.finish_reason in ("stop", "length") for cs in out for c in cs)
+    assert teacher.stats.generated_tokens == sum(c.tokens for cs in out for c in cs)
+    # seeded per completion on the server too: the same request gives the same text
+    assert teacher.generate(_prompts(1), temperature=0.7, max_tokens=8, seed=4)[0][0].text == out[0][0].text
+
+
+@pytest.mark.slow
+def test_llama_cpp_backend_in_process(smollm2_gguf):
+    teacher = Teacher(smollm2_gguf, backend="llama-cpp", n_ctx=1024)
+    out = teacher.generate(_prompts(2), temperature=0.0, max_tokens=6)
+    assert all(c[0].text and c[0].tokens <= 6 for c in out)
+    assert teacher.count_tokens("hello world") >= 2
+    teacher.close()
+
+
+@pytest.mark.slow
+def test_sdg_through_the_openai_backend(llama_server, tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    result = generate_data(tax, teacher="smollm2", teacher_url=llama_server, output=tmp_path / "data",
+                           samples_per_seed=1, max_tokens=16, judge_max_tokens=8, allow_empty=True, quiet=True)
+    report = json.loads(result.report.read_text())
+    assert report["backend"] == "openai" and report["leaves"][0]["stages"][0]["sent"] == 5
+    assert report["generated_tokens"] > 0
