@@ -38,6 +38,7 @@ _LAZY = {
     "attention_maps": "mlxlab.attention",
     "plot_attention": "mlxlab.attention",
     "sweep": "mlxlab.evaluate",
+    "run": "mlxlab.pipeline",
 }
 
 __all__ = ["MlxlabError", "__version__", *_LAZY]

@@ -171,12 +171,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _settings(args, GenerateConfig)
     from mlxlab.sdg import generate_data
 
+    from mlxlab.datasets import stats
+
     result = generate_data(config=cfg)
     for leaf, kept in result.kept.items():
         _print(f"{leaf}: {kept} samples kept")
     _print(f"{result.samples} samples, {result.generated_tokens} tokens ({result.tokens_per_second:.1f} tok/s) "
-           f"in {result.seconds:.0f} s\ntrain: {result.train}\nvalid: {result.valid}\ntest: {result.test}\n"
-           f"report: {result.report}")
+           f"in {result.seconds:.0f} s")
+    for path in (result.train, result.valid, result.test, result.knowledge_phase1):
+        if path is not None:
+            s = stats(path)
+            _print(f"{path}: {s['records']} records, {s['tokens']['mean']} {s['unit']} on average "
+                   f"(max {s['tokens']['max']})")
+    _print(f"report: {result.report}")
     return 0
 
 
@@ -324,6 +331,19 @@ def _cmd_eval_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mlxlab.config import RunConfig
+
+    _setup_device(args)
+    from mlxlab.pipeline import print_summary, run
+
+    result = run(from_stage=args.from_stage, config_file=args.config, quiet=args.quiet,
+                 **overrides_from_args(args, RunConfig))
+    if args.quiet:              # the run prints its summary itself unless quiet; a log still wants it
+        print_summary(result)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,6 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, EvalConfig)
     add_arguments(p, DeviceConfig)
     p.set_defaults(handler=_cmd_eval_sweep)
+
+    from mlxlab.config import RunConfig
+
+    p = verbs.add_parser("run", help="every stage into runs/NAME (validate, generate, train, fuse, export, eval); "
+                                     "reruns skip what is done")
+    p.add_argument("name", nargs="?", default=None, help="the run's name (default: 'default')")
+    p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
+                   choices=["validate", "generate", "train", "fuse", "export", "eval"],
+                   help="redo this stage and every later one")
+    add_arguments(p, RunConfig, skip=("name",))
+    add_arguments(p, DeviceConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress displays (the summary is still printed)")
+    p.set_defaults(handler=_cmd_run)
     return parser
 
 

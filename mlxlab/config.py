@@ -333,12 +333,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "")
+        shown = str(default).lower() if isinstance(default, bool) else (
+            ",".join(map(str, default)) or "none" if isinstance(default, list) else default)
+        if "default" not in help_text and default is not None:  # some helps explain their default already
+            help_text = f"{help_text} (default: {shown})"
         if hints[f.name] is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {str(default).lower()})")
+                                help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -486,3 +489,30 @@ class EvalConfig:
 
 
 SECTIONS["eval"] = EvalConfig
+
+
+@dataclass
+class RunConfig:
+    """`mlxlab run`: every stage into runs/<name>/; the sizing below finishes in ~15 min on a 2-core CPU."""
+    name: str = field(default="default", metadata={"help": "the run's folder under runs_dir"})
+    runs_dir: str = field(default="runs", metadata={"help": "folder that holds the runs"})
+    taxonomy: str | None = field(default=None, metadata={"help": "taxonomy root (none: the taxonomy setting)"})
+    model: str | None = field(default=None, metadata={"help": "student model (none: the model setting, 'smollm2')"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "SDG teacher (none: generate's teacher setting, 'smollm2')"})
+    stages: list[str] = field(default_factory=lambda: ["validate", "generate", "train", "fuse", "export", "eval"],
+                              metadata={"help": "stages to run, in order (others are left as they are)"})
+    # The sizing: each value is the stage setting of the same name inside a run, unless the config file's
+    # stage section sets it. Tuned to the embedded SmolLM2 on a 2-core CPU.
+    samples_per_seed: int = field(default=2, metadata={"help": "generate: attempts per seed example and leaf"})
+    max_tokens: int = field(default=96, metadata={"help": "generate: most new tokens per generation"})
+    num_iters: int = field(default=60, metadata={"help": "train: optimizer steps"})
+    batch_size: int = field(default=2, metadata={"help": "train: samples per batch"})
+    num_layers: int = field(default=8, metadata={"help": "train: adapt the last N transformer blocks"})
+    save_every: int = field(default=20, metadata={"help": "train: checkpoint every N steps (a killed run resumes)"})
+    k: int = field(default=2, metadata={"help": "eval: answers per prompt and model"})
+    answer_tokens: int = field(default=64, metadata={"help": "eval: most new tokens per answer (eval's max_tokens)"})
+    out_type: str = field(default="q8_0", metadata={"help": "export: GGUF type (f16, q8_0, q4_k_m, ...)"})
+
+
+SECTIONS["run"] = RunConfig

@@ -1,0 +1,456 @@
+"""`mlxlab run`: validate → generate → train → fuse → export → eval into one run directory, resumable.
+
+Everything lands in `runs/<name>/{config.yaml, data/, adapters/, fused/, gguf/, eval/, manifest.json}`. For
+each stage the manifest records the hashes of its inputs (the contents of its input files and its resolved
+settings), its outputs, figures, time and status. A rerun skips a finished stage whose inputs did not change;
+`from_stage` redoes a stage and every later one. Killing a run loses nothing: generate resumes from its
+journals, train from its newest checkpoint, fuse and export write atomically, and the manifest is replaced
+atomically after every change of state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlxlab.config import (EvalConfig, ExportConfig, FuseConfig, GenerateConfig, ModelConfig, RunConfig,
+                           TaxonomyConfig, TrainConfig, load_config, resolve, save_resolved, to_dict)
+from mlxlab.errors import MlxlabError
+
+STAGES = ("validate", "generate", "train", "fuse", "export", "eval")
+# stage -> (config section, its dataclass)
+SECTION = {"validate": ("taxonomy", TaxonomyConfig), "generate": ("generate", GenerateConfig),
+           "train": ("train", TrainConfig), "fuse": ("fuse", FuseConfig), "export": ("export", ExportConfig),
+           "eval": ("eval", EvalConfig)}
+# section -> {stage setting: RunConfig field that sizes it inside a run}
+SIZING = {"generate": {"samples_per_seed": "samples_per_seed", "max_tokens": "max_tokens"},
+          "train": {"num_iters": "num_iters", "batch_size": "batch_size", "num_layers": "num_layers",
+                    "save_every": "save_every"},
+          "eval": {"k": "k", "max_tokens": "answer_tokens"},
+          "export": {"out_type": "out_type"}}
+# A run keeps going when one leaf of several ends empty (the summary shows it); train fails if all do.
+RUN_DEFAULTS = {"generate": {"allow_empty": True}}
+# settings left out of a stage's inputs hash: they do not change what it produces, or they are paths whose
+# files are hashed by content (so a run folder can be moved or copied without redoing anything)
+VOLATILE = {"quiet", "resume", "force", "output", "concurrency", "taxonomy", "test", "prompts"}
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A pipeline run: where it is, what ran or was skipped, and each stage's manifest record."""
+    path: Path                     # runs/<name>
+    manifest: Path                 # runs/<name>/manifest.json
+    ran: list[str]                 # stages run this time
+    skipped: list[str]             # finished stages whose inputs had not changed
+    stages: dict[str, dict]        # stage -> its manifest record (status, inputs, outputs, figures, seconds)
+    gguf: Path | None
+    plots: dict[str, Path]         # name -> PNG
+    seconds: float
+
+
+@dataclass
+class _Plan:
+    """Resolved settings and paths of one run."""
+    run: RunConfig
+    dir: Path
+    model: str
+    configs: dict[str, object]     # section -> resolved stage config
+    quiet: bool
+    forced: bool = False           # the stage now running was asked to redo (from_stage)
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def adapters(self) -> Path:
+        return self.dir / "adapters"
+
+    @property
+    def fused(self) -> Path:
+        return self.dir / "fused"
+
+    @property
+    def gguf(self) -> Path:
+        out_type = self.configs["export"].out_type.lower()
+        return self.dir / "gguf" / f"{self.run.name}-{out_type}.gguf"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's contents (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _files(base: Path, *paths: Path) -> dict[str, str]:
+    """{path relative to `base`: content hash} of files and of every file inside folders (hidden ones left out)."""
+    out: dict[str, str] = {}
+    for path in map(Path, paths):
+        inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in inside:
+            if path.is_dir() and any(part.startswith(".") for part in file.relative_to(path).parts):
+                continue                    # journals and temporary files
+            out[Path(os.path.relpath(file, base)).as_posix()] = file_hash(file)
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _settings(cfg) -> dict:
+    """A stage config as hashable settings (without the ones that do not change its result)."""
+    (values,) = to_dict(cfg).values()
+    return {k: v for k, v in values.items() if k not in VOLATILE}
+
+
+def _digest(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rel(path: Path | str | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _need(path: Path, stage: str, producer: str) -> Path:
+    if not path.exists():
+        raise MlxlabError(f"the {stage} stage needs {path}, which the {producer} stage writes",
+                          hint=f"run the {producer} stage first (leave out --stages, or add {producer} to it)")
+    return path
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """The run's manifest.json (an empty one for a new run)."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        return {"version": MANIFEST_VERSION, "stages": {}}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MlxlabError(f"cannot read the run's manifest: {exc}", path=path,
+                          hint="delete it to redo every stage (the stages' own outputs are kept)") from None
+    manifest.setdefault("stages", {})
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+def plan_run(name=None, *, taxonomy=None, model=None, teacher=None, runs_dir=None, stages=None,
+             config_file=None, quiet: bool = False, **overrides) -> _Plan:
+    """Resolve every stage's settings: defaults < the run's sizing < config file sections < keywords."""
+    per_stage = {k: overrides.pop(k) for k in list(overrides) if k in {s for s, _ in SECTION.values()}}
+    for section, given in per_stage.items():
+        if not isinstance(given, dict):
+            raise MlxlabError(f"{section}= takes a dict of {section} settings, found {given!r}",
+                              hint=f"e.g. run({section}={{...}})")
+    file_config = load_config(config_file)
+    paths = {k: None if v is None else str(v) for k, v in
+             dict(taxonomy=taxonomy, model=model, teacher=teacher, runs_dir=runs_dir).items()}
+    run_cfg = resolve(RunConfig, file_config=file_config, name=name, stages=stages, **paths, **overrides)
+    unknown = [s for s in run_cfg.stages if s not in STAGES]
+    if unknown:
+        raise MlxlabError(f"unknown stage {unknown[0]!r}", hint="stages are: " + ", ".join(STAGES))
+    run_dir = Path(run_cfg.runs_dir) / run_cfg.name
+    configs: dict[str, object] = {}
+    for section, cls in SECTION.values():
+        in_file = file_config.get(section, {})
+        values = dataclasses.asdict(resolve(cls, file_config=file_config))     # file values checked, with file:line
+        values.update({k: v for k, v in RUN_DEFAULTS.get(section, {}).items() if k not in in_file})
+        values.update({k: getattr(run_cfg, f) for k, f in SIZING.get(section, {}).items() if k not in in_file})
+        configs[section] = resolve(cls, **{**values, **per_stage.get(section, {})})
+    tax = run_cfg.taxonomy or configs["taxonomy"].taxonomy
+    configs["taxonomy"] = dataclasses.replace(configs["taxonomy"], taxonomy=tax)
+    configs["generate"] = dataclasses.replace(configs["generate"], taxonomy=tax, output=str(run_dir / "data"),
+                                              teacher=run_cfg.teacher or configs["generate"].teacher,
+                                              quiet=quiet or configs["generate"].quiet)
+    if configs["eval"].test is None:
+        configs["eval"] = dataclasses.replace(configs["eval"], test=str(run_dir / "data" / "test.jsonl"))
+    student = run_cfg.model or resolve(ModelConfig, file_config=file_config).model
+    return _Plan(run_cfg, run_dir, student, configs, quiet)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def _inputs(stage: str, plan: _Plan) -> dict:
+    """What a stage reads: file hashes and settings (the skip decision compares their digest)."""
+    cfg = plan.configs[SECTION[stage][0]]
+    settings = _settings(cfg)
+    if stage in ("validate", "generate"):
+        from mlxlab.taxonomy import Taxonomy
+
+        root = Path(plan.configs["taxonomy"].taxonomy)
+        if not root.is_dir():
+            raise MlxlabError(f"no such taxonomy folder: {root}", hint="pass --taxonomy ROOT")
+        files = _files(root, root)
+        if stage == "generate":   # the knowledge documents are inputs too
+            tax = Taxonomy.load(root, strict=plan.configs["taxonomy"].strict)
+            files.update(_files(root, *(doc for leaf in tax.leaves for doc in leaf.documents)))
+        return {"files": files, "settings": settings}
+    if stage == "train":
+        files = _files(plan.dir, _need(plan.data / "train.jsonl", stage, "generate"),
+                       *[p for p in (plan.data / "valid.jsonl",) if p.is_file()])
+        return {"files": files, "settings": settings, "model": plan.model}
+    adapters = [plan.adapters / "adapters.safetensors", plan.adapters / "adapter_config.json"]
+    if stage == "fuse":
+        return {"files": _files(plan.dir, *(_need(p, stage, "train") for p in adapters)), "settings": settings,
+                "model": plan.model}
+    if stage == "export":
+        return {"files": _files(plan.dir, _need(plan.fused, stage, "fuse")), "settings": settings}
+    test = Path(cfg.test)
+    extra = [Path(cfg.prompts)] if cfg.prompts else []
+    return {"files": _files(plan.dir, *(_need(p, stage, "train") for p in adapters), _need(test, stage, "generate"),
+                            *extra),
+            "settings": settings, "model": plan.model}
+
+
+def _run_validate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.taxonomy import format_report, validate
+
+    cfg = plan.configs["taxonomy"]
+    reports = validate([cfg.taxonomy], strict=cfg.strict, fetch_documents=cfg.fetch_documents)
+    if not all(r.valid for r in reports):
+        raise MlxlabError("the taxonomy has errors:\n" + format_report(reports),
+                          hint="fix them, check with `mlxlab taxonomy validate`, and run again")
+    figures = {"taxonomy": cfg.taxonomy, "files": len(reports), "warnings": sum(len(r.problems) for r in reports),
+               "kinds": {k: sum(1 for r in reports if r.kind == k) for k in sorted({r.kind for r in reports})}}
+    return {}, figures             # it writes nothing: the verdict is in the figures
+
+
+def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.sdg import generate_data
+
+    if not resume and plan.data.exists() and plan.forced:
+        shutil.rmtree(plan.data)           # a redo asked for: journals would otherwise replay the old data
+    result = generate_data(config=plan.configs["generate"])
+    outputs = {"train": result.train, "valid": result.valid, "test": result.test, "report": result.report}
+    figures = {"samples": result.samples, "kept": result.kept, "generated_tokens": result.generated_tokens,
+               "tokens_per_second": result.tokens_per_second}
+    return outputs, figures
+
+
+def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.train import checkpoints, train
+
+    done = checkpoints(plan.adapters) if resume else {}
+    if not done and plan.adapters.exists():
+        shutil.rmtree(plan.adapters)       # old checkpoints belong to other inputs: train refuses to mix them
+    result = train(plan.model, plan.data, plan.adapters, config=plan.configs["train"], quiet=plan.quiet,
+                   resume=bool(done))
+    outputs = {"adapters": result.adapters, "log": result.log, "loss_plot": result.loss_plot}
+    figures = {"final_loss": result.final_loss, "val_loss": result.val_loss, "num_iters": result.num_iters,
+               "num_epochs": result.num_epochs, "tokens_per_second": result.tokens_per_second,
+               "peak_memory_gb": result.peak_memory_gb, "resumed_from": max(done, default=0)}
+    return outputs, figures
+
+
+def _run_fuse(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.fuse import fuse
+
+    result = fuse(plan.model, plan.adapters, plan.fused, dequantize=plan.configs["fuse"].dequantize, force=True)
+    return {"fused": result.path}, {"fused_layers": result.fused_layers, "quantized": result.quantized}
+
+
+def _run_export(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.gguf_export import export_gguf
+
+    cfg = plan.configs["export"]
+    result = export_gguf(plan.fused, plan.gguf, out_type=cfg.out_type, verify=cfg.verify, force=True)
+    outputs = {"gguf": result.path, "modelfile": result.modelfile, "verify_report": result.verify_report}
+    figures = {"out_type": result.out_type, "size_bytes": result.size_bytes, "architecture": result.architecture,
+               "max_abs_logit_diff": result.max_abs_logit_diff, "top1_agreement": result.top1_agreement,
+               "positions": result.positions}
+    return outputs, figures
+
+
+def _run_eval(plan: _Plan, resume: bool) -> tuple[dict, dict]:
+    from mlxlab.evaluate import evaluate
+    from mlxlab.plots import sweep_plots
+
+    trained = json.loads((plan.adapters / "result.json").read_text(encoding="utf-8")) \
+        if (plan.adapters / "result.json").is_file() else {}
+    iters = trained.get("num_iters") or plan.configs["train"].num_iters or 0
+    models = {"base": plan.model, "trained": (plan.model, plan.adapters)}
+    result = evaluate(models, output=plan.dir / "eval", iterations={"base": 0, "trained": iters},
+                      config=plan.configs["eval"], quiet=plan.quiet)
+    plots = sweep_plots(result.summary, plan.adapters / "train_log.jsonl", plan.dir / "eval")
+    outputs = {"results": result.results, "summary": result.summary_path, **plots}
+    figures = {"score_kind": result.summary["score_kind"], "judge_unparsed": result.judge_unparsed, "models": {
+        label: {"score": (m["score"] or {}).get("mean"), "score_std": (m["score"] or {}).get("std"),
+                "heldout_loss": m.get("heldout_loss"), "perplexity": m.get("perplexity")}
+        for label, m in result.summary["models"].items()}}
+    return outputs, figures
+
+
+RUNNERS = {"validate": _run_validate, "generate": _run_generate, "train": _run_train, "fuse": _run_fuse,
+           "export": _run_export, "eval": _run_eval}
+PLOTS = {"train": ("loss_plot",), "eval": ("per_prompt", "mean", "side_by_side", "loss", "heldout_loss")}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def run(name: str | None = None, *, taxonomy: str | Path | None = None, model: str | Path | None = None,
+        teacher: str | Path | None = None, runs_dir: str | Path | None = None, from_stage: str | None = None,
+        stages: list[str] | str | None = None, config_file: str | Path | None = None, quiet: bool = False,
+        **overrides) -> RunResult:
+    """Run validate → generate → train → fuse → export → eval into `runs_dir/name` (defaults: runs/default).
+
+    Keyword settings are `RunConfig` fields (num_iters, k, out_type, ...); a stage's own settings go in a dict
+    named after its config section, e.g. `train={"learning_rate": 2e-4}`. Finished stages whose inputs did not
+    change are skipped; `from_stage` redoes that stage and every later one.
+    """
+    start = time.perf_counter()
+    plan = plan_run(name, taxonomy=taxonomy, model=model, teacher=teacher, runs_dir=runs_dir, stages=stages,
+                    config_file=config_file, quiet=quiet, **overrides)
+    if from_stage is not None and from_stage not in STAGES:
+        raise MlxlabError(f"unknown stage {from_stage!r} for --from", hint="stages are: " + ", ".join(STAGES))
+    plan.dir.mkdir(parents=True, exist_ok=True)
+    save_resolved(plan.dir / "config.yaml", plan.run, *plan.configs.values())
+    manifest_path = plan.dir / "manifest.json"
+    manifest = read_manifest(plan.dir)
+    manifest.update({"version": MANIFEST_VERSION, "name": plan.run.name, "model": plan.model,
+                     "teacher": plan.configs["generate"].teacher, "taxonomy": plan.configs["taxonomy"].taxonomy})
+    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    ran, skipped = [], []
+    for stage in [s for s in STAGES if s in plan.run.stages]:
+        forced = from_stage is not None and STAGES.index(stage) >= STAGES.index(from_stage)
+        inputs = _inputs(stage, plan)
+        digest = _digest(inputs)
+        previous = manifest["stages"].get(stage, {})
+        same = previous.get("inputs_hash") == digest
+        outputs_there = all((plan.dir / p).exists() for p in previous.get("outputs", {}).values() if p)
+        if not forced and same and previous.get("status") == "done" and outputs_there:
+            say(f"{stage}: skipped, inputs unchanged since {previous.get('finished', 'the last run')}")
+            skipped.append(stage)
+            continue
+        resume = same and previous.get("status") != "done" and not forced     # killed, failed or interrupted
+        why = "forced (--from)" if forced else "resuming an interrupted run" if resume else \
+            "inputs changed" if previous else "first run"
+        say(f"{stage}: running ({why})")
+        record = {"status": "running", "inputs_hash": digest, "inputs": inputs, "started": _now()}
+        manifest["stages"][stage] = record
+        _write_json(manifest_path, manifest)
+        tic = time.perf_counter()
+        plan.forced = forced
+        try:
+            outputs, figures = RUNNERS[stage](plan, resume)
+        except BaseException as exc:       # Ctrl-C included: the manifest says where the run stopped
+            record.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                           "error": str(exc) or type(exc).__name__, "seconds": round(time.perf_counter() - tic, 2)})
+            _write_json(manifest_path, manifest)
+            raise
+        record.update({"status": "done", "finished": _now(), "seconds": round(time.perf_counter() - tic, 2),
+                       "outputs": {k: _rel(v, plan.dir) for k, v in outputs.items() if v is not None},
+                       "figures": figures})
+        _write_json(manifest_path, manifest)
+        ran.append(stage)
+        say(f"{stage}: done in {record['seconds']:.1f} s")
+    manifest["updated"] = _now()
+    _write_json(manifest_path, manifest)
+    result = _result(plan, manifest, ran, skipped, time.perf_counter() - start)
+    if not quiet:
+        print_summary(result)
+    return result
+
+
+def _result(plan: _Plan, manifest: dict, ran: list[str], skipped: list[str], seconds: float) -> RunResult:
+    stages = manifest["stages"]
+    plots = {f"{stage}_{key}" if key != "loss_plot" else "train_loss": plan.dir / stages[stage]["outputs"][key]
+             for stage, keys in PLOTS.items() for key in keys
+             if stage in stages and stages[stage].get("outputs", {}).get(key)}
+    gguf = stages.get("export", {}).get("outputs", {}).get("gguf")
+    return RunResult(plan.dir, plan.dir / "manifest.json", ran, skipped, stages,
+                     plan.dir / gguf if gguf else None, plots, seconds)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(result: RunResult) -> list[tuple[str, str]]:
+    """(what, value) rows of the run's results: data kept, losses, scores, the GGUF and its parity."""
+    st = {k: v.get("figures", {}) for k, v in result.stages.items() if v.get("status") == "done"}
+    rows: list[tuple[str, str]] = []
+    if "generate" in st:
+        g = st["generate"]
+        rows.append(("data kept", f"{g['samples']} samples ({g['generated_tokens']} tokens, "
+                                  f"{g['tokens_per_second']:.1f} tok/s)"))
+        rows += [(f"  {leaf}", str(n)) for leaf, n in g["kept"].items()]
+    if "train" in st:
+        t = st["train"]
+        rows.append(("train loss", f"{_fmt(t['final_loss'])} after {t['num_iters']} iterations "
+                                   f"({t['num_epochs']:.2f} epochs), validation {_fmt(t['val_loss'])}"))
+    if "eval" in st:
+        models = st["eval"]["models"]
+        base, trained = models.get("base", {}), models.get("trained", {})
+        rows.append(("held-out loss", f"base {_fmt(base.get('heldout_loss'))} -> trained "
+                                      f"{_fmt(trained.get('heldout_loss'))}"))
+        rows.append((f"score ({st['eval']['score_kind']})", f"base {_fmt(base.get('score'), 2)} -> trained "
+                                                           f"{_fmt(trained.get('score'), 2)} (0-5)"))
+    if "export" in st:
+        e = st["export"]
+        parity = (f"max abs logit diff {e['max_abs_logit_diff']:.3g}, top-1 {e['top1_agreement']:.1%}"
+                  if e.get("top1_agreement") is not None else "not verified")
+        rows.append(("gguf", f"{result.gguf} ({e['out_type']}, {e['size_bytes'] / 1e6:.1f} MB)"))
+        rows.append(("llama.cpp vs MLX", parity))
+    return rows
+
+
+def print_summary(result: RunResult, file=None) -> None:
+    """The run's stages (ran / skipped, seconds) and results as rich tables, then the plot paths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file)
+    if not console.is_terminal:            # logs and pipes: no wrapping of paths at 80 columns
+        console = Console(file=file, width=160)
+    stages = Table(title=f"mlxlab run: {result.path.name}")
+    for column in ("stage", "status", "seconds"):
+        stages.add_column(column)
+    for stage in STAGES:
+        record = result.stages.get(stage)
+        if record is None:
+            continue
+        status = "ran" if stage in result.ran else "skipped (unchanged)" if stage in result.skipped else \
+            record.get("status", "-")
+        stages.add_row(stage, status, _fmt(record.get("seconds"), 1))
+    console.print(stages)
+    table = Table(title="results", show_header=False)
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
+    for what, value in summary_rows(result):
+        table.add_row(what, value)
+    console.print(table)
+    for name, path in result.plots.items():
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"manifest: {result.manifest}  ({result.seconds:.0f} s)", highlight=False, soft_wrap=True)

@@ -1,0 +1,201 @@
+"""`mlxlab run`: every stage end to end on a tiny configuration (the embedded SmolLM2 teaching a tiny llama),
+a rerun that skips everything, `--from train`, SIGKILL during training and a resume that loses nothing, and
+the errors for bad settings, a missing upstream stage and an invalid taxonomy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+from mlxlab.pipeline import STAGES, plan_run, read_manifest, run
+
+SKILL = """\
+version: 3
+created_by: tester
+task_description: Explain one idea of the Jolie programming language in one sentence.
+seed_examples:
+  - question: What is a service in Jolie?
+    answer: A service is a program that offers operations to other programs through ports.
+  - question: What is an input port in Jolie?
+    answer: An input port says where a service listens and which operations it offers.
+  - question: What is an output port in Jolie?
+    answer: An output port says how a service reaches and calls another service.
+  - question: What is an interface in Jolie?
+    answer: An interface lists the operations of a service and the types of their messages.
+  - question: What is a one-way operation in Jolie?
+    answer: A one-way operation receives a message and sends no reply back to the caller.
+"""
+
+# Tiny sizes: each stage runs for real, in seconds. Low thresholds keep the 135M teacher's samples.
+CONFIG = """\
+run:
+  samples_per_seed: 1
+  max_tokens: 24
+  num_iters: 6
+  save_every: 2
+  k: 1
+  answer_tokens: 8
+generate:
+  judge_max_tokens: 8
+  question_threshold: 0
+  pair_threshold: 1
+  batch_size: 5
+train:
+  batch_size: 2
+  max_seq_length: 128
+eval:
+  max_seq_length: 128
+"""
+
+
+def make_taxonomy(root: Path) -> Path:
+    """A valid one-leaf taxonomy (a freeform skill)."""
+    leaf = root / "compositional_skills" / "programming" / "jolie_terms"
+    leaf.mkdir(parents=True)
+    (leaf / "qna.yaml").write_text(SKILL)
+    return root
+
+
+def _cli(tmp: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mlxlab", "--config", str(tmp / "mlxlab.yaml"), "run", "tiny", "--runs-dir",
+            str(tmp / "runs"), "--taxonomy", str(tmp / "taxonomy"), "--model", str(model), *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_llama, smollm2_dir):
+    """A finished tiny run through the CLI: (tmp folder, completed process)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    make_taxonomy(tmp / "taxonomy")
+    (tmp / "mlxlab.yaml").write_text(CONFIG)
+    proc = subprocess.run(_cli(tmp, tiny_llama, "--quiet"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def _again(tmp: Path, model: Path, quiet: bool = True, **kwargs):
+    return run("tiny", runs_dir=tmp / "runs", taxonomy=tmp / "taxonomy", model=model,
+               config_file=tmp / "mlxlab.yaml", quiet=quiet, **kwargs)
+
+
+@pytest.mark.slow
+def test_run_end_to_end_writes_a_complete_manifest(tiny_run):
+    tmp, proc = tiny_run
+    run_dir = tmp / "runs" / "tiny"
+    manifest = read_manifest(run_dir)
+    assert list(manifest["stages"]) == list(STAGES)
+    for stage, record in manifest["stages"].items():
+        assert record["status"] == "done" and record["seconds"] >= 0 and len(record["inputs_hash"]) == 16
+        assert record["inputs"]["settings"], stage
+        for path in record["outputs"].values():
+            assert (run_dir / path).exists(), (stage, path)
+    assert manifest["stages"]["generate"]["inputs"]["files"]           # the taxonomy's content hashes
+    assert manifest["stages"]["train"]["figures"]["num_iters"] == 6     # the run's sizing from the file
+    gguf = run_dir / manifest["stages"]["export"]["outputs"]["gguf"]
+    assert gguf.suffix == ".gguf" and gguf.stat().st_size > 0
+    assert manifest["stages"]["export"]["figures"]["top1_agreement"] > 0.5
+    models = manifest["stages"]["eval"]["figures"]["models"]
+    assert set(models) == {"base", "trained"} and all(m["heldout_loss"] > 0 for m in models.values())
+    for name in ("config.yaml", "data/train.jsonl", "adapters/adapters.safetensors", "fused/config.json",
+                 "eval/summary.json", "eval/mean.png"):
+        assert (run_dir / name).exists(), name
+    assert "gguf" in proc.stdout and "held-out loss" in proc.stdout and str(gguf.name) in proc.stdout
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage_and_from_train_redoes_the_rest(tiny_run, tiny_llama, capsys):
+    tmp, _ = tiny_run
+    before = read_manifest(tmp / "runs" / "tiny")["stages"]
+    again = _again(tmp, tiny_llama, quiet=False)
+    assert again.ran == [] and again.skipped == list(STAGES)
+    assert read_manifest(tmp / "runs" / "tiny")["stages"] == before
+    out = capsys.readouterr()
+    assert out.err.count("skipped, inputs unchanged") == len(STAGES) and "held-out loss" in out.out
+    redo = _again(tmp, tiny_llama, from_stage="train")
+    assert redo.skipped == ["validate", "generate"] and redo.ran == ["train", "fuse", "export", "eval"]
+    after = read_manifest(tmp / "runs" / "tiny")["stages"]
+    assert after["train"]["started"] >= before["train"]["finished"]
+    assert after["generate"] == before["generate"]
+    # same data and seed: the redone training reaches the same loss
+    assert after["train"]["figures"]["final_loss"] == pytest.approx(before["train"]["figures"]["final_loss"],
+                                                                      rel=1e-4)
+    assert redo.gguf is not None and redo.gguf.is_file()
+
+
+@pytest.mark.slow
+def test_sigkill_during_train_then_rerun_resumes(tiny_run, tiny_llama, tmp_path):
+    src, _ = tiny_run
+    for name in ("taxonomy", "mlxlab.yaml"):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, tmp_path / name)
+    shutil.copytree(src / "runs", tmp_path / "runs")          # a copied run folder is still finished
+    # more iterations: the train stage's inputs change, so it runs (and can be killed) while the others wait
+    command = _cli(tmp_path, tiny_llama, "--num-iters", "200", "--save-every", "5", "--quiet")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "runs" / "tiny" / "adapters" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (checkpoints / "iter_000010" / "state.json").is_file():     # the copy holds 2, 4 and 6 only
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = read_manifest(tmp_path / "runs" / "tiny")["stages"]
+    assert killed["train"]["status"] == "running" and killed["generate"]["status"] == "done"
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = read_manifest(tmp_path / "runs" / "tiny")["stages"]
+    assert all(stages[s]["status"] == "done" for s in STAGES)
+    assert stages["train"]["figures"]["resumed_from"] >= 5          # continued from the checkpoint on disk
+    assert stages["train"]["figures"]["num_iters"] == 200
+    assert stages["generate"] == killed["generate"]                  # data untouched
+    log = (tmp_path / "runs" / "tiny" / "adapters" / "train_log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["iter"] for line in log if '"loss"' in line]
+    assert steps[-1] == 200 and (tmp_path / "runs" / "tiny" / "gguf" / "tiny-q8_0.gguf").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- settings and errors
+
+def test_settings_precedence(tmp_path):
+    (tmp_path / "c.yaml").write_text("run:\n  num_iters: 9\n  k: 1\ntrain:\n  num_iters: 7\n  learning_rate: 0.001\n")
+    plan = plan_run("x", runs_dir=tmp_path / "runs", config_file=tmp_path / "c.yaml", taxonomy="tax",
+                    samples_per_seed=3, train={"batch_size": 1}, eval={"k": 2})
+    gen, tr, ev = plan.configs["generate"], plan.configs["train"], plan.configs["eval"]
+    assert gen.samples_per_seed == 3 and gen.taxonomy == "tax" and gen.output == str(tmp_path / "runs" / "x" / "data")
+    assert tr.num_iters == 7 and tr.learning_rate == 0.001 and tr.batch_size == 1    # file's train section wins
+    assert tr.save_every == plan.run.save_every                                        # run sizing
+    assert ev.k == 2 and ev.test == str(tmp_path / "runs" / "x" / "data" / "test.jsonl")
+    assert plan.model == "smollm2" and gen.teacher == "smollm2"
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(MlxlabError, match="did you mean 'num_iters'"):
+        plan_run(runs_dir=tmp_path, config_file=None, num_iter=3)
+    with pytest.raises(MlxlabError, match="unknown stage 'trian'"):
+        plan_run(runs_dir=tmp_path, stages=["validate", "trian"])
+    with pytest.raises(MlxlabError, match="takes a dict"):
+        plan_run(runs_dir=tmp_path, train=5)
+
+
+def test_missing_upstream_stage_and_invalid_taxonomy(tmp_path):
+    make_taxonomy(tmp_path / "taxonomy")
+    with pytest.raises(MlxlabError) as info:
+        run("r", runs_dir=tmp_path / "runs", taxonomy=tmp_path / "taxonomy", stages=["train"], quiet=True)
+    assert "generate stage" in str(info.value) and "train.jsonl" in str(info.value)
+    leaf = tmp_path / "taxonomy" / "compositional_skills" / "programming" / "jolie_terms" / "qna.yaml"
+    leaf.write_text(SKILL.replace("task_description:", "task_descriptio:"))
+    cli = subprocess.run([sys.executable, "-m", "mlxlab", "run", "r", "--runs-dir", str(tmp_path / "runs"),
+                          "--taxonomy", str(tmp_path / "taxonomy"), "--stages", "validate"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "qna.yaml:" in cli.stderr and "Traceback" not in cli.stderr
+    record = read_manifest(tmp_path / "runs" / "r")["stages"]["validate"]
+    assert record["status"] == "failed" and "qna.yaml:" in record["error"]
