@@ -150,9 +150,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _setup_device(args)
     cfg = _settings(args, TrainConfig)
     model = args.model or _settings(args, ModelConfig).model
-    from mlxlab.train import train
+    from mlxlab.train import read_phases, train
 
-    result = train(model, args.data, args.output, config=cfg)
+    phases = read_phases(args.phases) if args.phases else None
+    result = train(model, args.data, args.output, config=cfg, phases=phases)
     _print(f"adapters: {result.adapters}")
     for it, path in result.checkpoints.items():
         _print(f"  checkpoint {it}: {path}")
@@ -404,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model reference (default: the model setting, 'smollm2')")
     p.add_argument("--data", default="data", help="folder with train.jsonl (+ valid.jsonl) or one .jsonl file")
     p.add_argument("--output", default="adapters", help="folder for adapters, checkpoints, log and plot")
+    p.add_argument("--phases", default=None, metavar="FILE",
+                   help="YAML list of phases (data + train settings each), trained in order, each from the "
+                        "last adapters (e.g. knowledge phase 1, then the skills mix); --data is then unused")
     add_arguments(p, TrainConfig)
     add_arguments(p, DeviceConfig)
     p.set_defaults(handler=_cmd_train)

@@ -10,6 +10,7 @@ that was never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -498,6 +499,56 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
         saved = json.loads((previous / "result.json").read_text(encoding="utf-8"))
         result = _result_from_json(saved)
     return dataclasses.replace(result, adapters=output)
+
+
+def read_phases(path: str | Path) -> list[dict]:
+    """Phases from a YAML list (`- data: DIR` plus any train settings per item), checked with file:line."""
+    import typing
+
+    import yaml
+
+    from mlxlab.config import coerce
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except FileNotFoundError:
+        raise MlxlabError("phases file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MlxlabError(f"cannot read phases file: {exc}", path=path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise MlxlabError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", path=path,
+                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+    example = 'e.g.\n  - {data: data/knowledge_phase1.jsonl, num_epochs: 1}\n  - {data: data, learning_rate: 5e-5}'
+    if not isinstance(root, yaml.SequenceNode) or not root.value:
+        raise MlxlabError("a phases file is a non-empty YAML list of phases", path=path, line=1, hint=example)
+    hints = typing.get_type_hints(TrainConfig)
+    names = ["data", *hints]
+    phases = []
+    for item in root.value:
+        where = dict(path=path, line=item.start_mark.line + 1, column=item.start_mark.column + 1)
+        if not isinstance(item, yaml.MappingNode):
+            raise MlxlabError("each phase is a mapping with `data` and train settings", **where, hint=example)
+        phase = {}
+        for key_node, value_node in item.value:
+            key = key_node.value
+            kwhere = dict(path=path, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                raise MlxlabError(f"unknown key '{key}' in a phase" + (f" (did you mean '{close[0]}'?)" if close
+                                                                        else ""), **kwhere)
+            value = yaml.SafeLoader(text).construct_object(value_node, deep=True)
+            try:
+                phase[key] = str(value) if key == "data" else coerce(value, hints[key], key)
+            except ValueError as exc:
+                raise MlxlabError(str(exc), path=path, line=value_node.start_mark.line + 1,
+                                  column=value_node.start_mark.column + 1) from None
+        if "data" not in phase:
+            raise MlxlabError("this phase has no `data`", **where, hint=example)
+        phases.append(phase)
+    return phases
 
 
 def _result_from_json(saved: dict) -> TrainResult:

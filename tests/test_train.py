@@ -255,3 +255,35 @@ def test_cli_train(tiny_llama, chat_data, tmp_path, capsys):
     assert keys == ["self_attn.q_proj", "self_attn.v_proj"]
     assert main(["train", "--model", str(tiny_llama), "--data", str(tmp_path / "nope"), "--output",
                  str(tmp_path / "x")]) == 1
+
+
+def test_cli_phases_file_chains_phases(tiny_llama, chat_data, tmp_path):
+    from mlxlab.cli import main
+
+    phase2 = write_chat(tmp_path / "skills", train=8, valid=0, seed=5)
+    phases = tmp_path / "phases.yaml"
+    phases.write_text(f"- data: {chat_data}\n  num_iters: 3\n  learning_rate: 2e-3\n"
+                      f"- data: {phase2}\n  num_iters: 2\n  learning_rate: 0.0\n")
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_llama), "--phases", str(phases), "--output", str(out),
+                 "--batch-size", "4"]) == 0
+    assert (out / "phase_1" / "adapters.safetensors").is_file() and (out / "adapters.safetensors").is_file()
+    assert adapters_max_diff(out / "phase_1", out) == 0.0   # phase 2 (learning rate 0) started from phase 1
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("- data: d\n  num_iter: 3\n", 2, "unknown key 'num_iter' in a phase (did you mean 'num_iters'?)"),
+    ("- data: d\n  num_iters: many\n", 2, "num_iters expects an integer, found 'many'"),
+    ("- num_iters: 3\n", 1, "this phase has no `data`"),
+    ("data: d\n", 1, "a phases file is a non-empty YAML list"),
+    ("- data: [d\n", 2, "invalid YAML"),
+])
+def test_phases_file_errors_name_file_and_line(tmp_path, text, line, message):
+    from mlxlab.errors import MlxlabError
+    from mlxlab.train import read_phases
+
+    path = tmp_path / "phases.yaml"
+    path.write_text(text)
+    with pytest.raises(MlxlabError) as err:
+        read_phases(path)
+    assert err.value.line == line and message in str(err.value) and str(err.value).startswith(str(path))
