@@ -158,24 +158,33 @@ def _suggest(name: str, options) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def read_config_file(path: str | Path) -> FileConfig:
-    """Parse one config file into {section: {key: Setting}}; unknown sections/keys are errors with file:line."""
+def compose_yaml(path: str | Path, what: str, hint: str | None = None):
+    """(text, root node) of a small YAML file; a missing, unreadable or invalid file is an MlxlabError with
+    file:line:column. Node marks let callers point at the offending key or value."""
     import yaml
 
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise MlxlabError("config file not found", path=path, hint="run `mlxlab init` to write one") from None
+        raise MlxlabError(f"{what} not found", path=path, hint=hint) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise MlxlabError(f"cannot read config file: {exc}", path=path) from None
+        raise MlxlabError(f"cannot read {what}: {exc}", path=path) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return text, yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise MlxlabError(f"invalid YAML: {problem}", path=path,
                           line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+
+
+def read_config_file(path: str | Path) -> FileConfig:
+    """Parse one config file into {section: {key: Setting}}; unknown sections/keys are errors with file:line."""
+    import yaml
+
+    path = Path(path)
+    text, root = compose_yaml(path, "config file", hint="run `mlxlab init` to write one")
     result: FileConfig = {}
     if root is None:
         return result

@@ -119,15 +119,10 @@ def read_prompt_set(path: str | Path | None = None) -> PromptSet:
     """The prompt set in a YAML file (default: the paper's Jolie prompts); errors name file:line:column."""
     import yaml
 
+    from mlxlab.config import compose_yaml
+
     path = Path(path) if path is not None else DEFAULT_SET
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except OSError as exc:
-        raise MlxlabError(f"cannot read the prompt set: {exc.strerror}", path=path) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise MlxlabError(f"invalid YAML: {exc.problem}", path=path, line=mark.line + 1 if mark else None,
-                          column=mark.column + 1 if mark else None) from None
+    _, root = compose_yaml(path, "the prompt set")
     if root is None:
         raise MlxlabError("the prompt set is empty", path=path, hint="add a `prompts:` list")
     top = _mapping(root, path, "the prompt set", ("version", "name", "description", "system", "rubric", "prompts"))

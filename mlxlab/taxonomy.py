@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.nodes import Node
 
 from mlxlab.documents import resolve_documents, run_git, try_git
 from mlxlab.errors import UsageError

@@ -507,20 +507,10 @@ def read_phases(path: str | Path) -> list[dict]:
 
     import yaml
 
-    from mlxlab.config import coerce
+    from mlxlab.config import coerce, compose_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except FileNotFoundError:
-        raise MlxlabError("phases file not found", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MlxlabError(f"cannot read phases file: {exc}", path=path) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise MlxlabError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", path=path,
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+    text, root = compose_yaml(path, "phases file")
     example = 'e.g.\n  - {data: data/knowledge_phase1.jsonl, num_epochs: 1}\n  - {data: data, learning_rate: 5e-5}'
     if not isinstance(root, yaml.SequenceNode) or not root.value:
         raise MlxlabError("a phases file is a non-empty YAML list of phases", path=path, line=1, hint=example)

@@ -234,3 +234,17 @@ def test_gguf_answers_through_llama_cpp(smollm2_gguf, prompt_file, tmp_path):
     rows = [json.loads(line) for line in result.results.read_text().splitlines()]
     assert len(rows) == 2 and all(r["tokens"] > 0 and r["answer"] for r in rows)
     assert result.summary["models"]["gguf"]["heldout_loss"] is None     # no MLX model to measure
+
+
+@pytest.mark.parametrize("content, message", [(b"prompts:\n  - id: a\n    prompt: caf\xe9\n", "cannot read the prompt set"),
+                                              (None, "the prompt set not found")])
+def test_unreadable_or_missing_prompt_set_is_a_clear_error(tmp_path, content, message):
+    from mlxlab.errors import MlxlabError
+    from mlxlab.evaluate import read_prompt_set
+
+    path = tmp_path / "prompts.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(MlxlabError, match=message) as err:
+        read_prompt_set(path)
+    assert str(err.value).startswith(str(path))
