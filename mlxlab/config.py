@@ -74,7 +74,19 @@ class TrainConfig:
     save_every: int = field(default=100, metadata={"help": "also checkpoint every N iterations (0: off)"})
     steps_per_eval: int = field(default=50, metadata={"help": "validation loss every N iterations (0: only at the end)"})
     val_batches: int = field(default=25, metadata={"help": "validation batches per evaluation (-1: all)"})
-    mask_prompt: bool = field(default=True, metadata={"help": "train on the assistant's last reply only"})
+    mask_prompt: bool = field(default=True, metadata={
+        "help": "train on the assistant's last reply only (a record's metadata.mask_prompt overrides it)"})
+    general_valid: str | None = field(default=None, metadata={
+        "help": "chat JSONL of general-ability data (e.g. the base model's own answers to generic prompts): "
+                "its loss is watched so that training forgets nothing"})
+    forgetting_tolerance: float = field(default=0.05, metadata={
+        "help": "a checkpoint whose general_valid loss is more than this share above the base model's cannot "
+                "be the best one"})
+    keep_best: bool = field(default=False, metadata={
+        "help": "end with the best evaluated checkpoint (lowest validation loss within the forgetting "
+                "tolerance) instead of the last"})
+    patience: int = field(default=0, metadata={
+        "help": "stop after this many evaluations without a better checkpoint (0: never stop early)"})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     quantize: int | None = field(default=None, metadata={"help": "quantize the base to 4 or 8 bits on load (QLoRA)"})
     seed: int = field(default=0, metadata={"help": "seed for adapter init, data order and dropout"})
@@ -100,6 +112,17 @@ class GenerateConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold"})
     max_tokens: int = field(default=192, metadata={"help": "most new tokens per generation"})
     judge_max_tokens: int = field(default=64, metadata={"help": "most new tokens per judgement"})
+    prompt_style: str = field(default="auto", metadata={
+        "help": "fewshot (seed pairs as a Q:/A: pattern the teacher continues) | lab (InstructLab's role "
+                "prompts) | auto (fewshot for small teachers, lab for capable ones)"})
+    scorer: str = field(default="auto", metadata={
+        "help": "likelihood (log p(answer | question) - log p(answer) per token; mlx teacher) | judge (the LAB "
+                "judge roles) | none | auto (likelihood for small teachers, judge for capable ones)"})
+    keep_fraction: float = field(default=0.6, metadata={
+        "help": "likelihood scorer: keep this best share of each leaf's samples (those scoring above 0)"})
+    gates: bool = field(default=True, metadata={
+        "help": "drop samples with template leakage, repetition, truncation, echoes, odd lengths, seed copies "
+                "or off-task text before any judge"})
     judge_mode: str = field(default="auto", metadata={
         "help": "choose (the likeliest verdict, one forward pass; mlx only) | generate (parse a written "
                 "verdict) | auto (choose where possible)"})
@@ -119,7 +142,10 @@ class GenerateConfig:
     chunk_tokens: int = field(default=500, metadata={"help": "knowledge document chunk size in teacher tokens"})
     chunk_overlap: int = field(default=50, metadata={"help": "tokens of overlap between chunks"})
     max_per_leaf: int = field(default=0, metadata={"help": "cap on samples kept per leaf (0: no cap)"})
-    valid_fraction: float = field(default=0.1, metadata={"help": "share of generated samples put in valid.jsonl"})
+    heldout_fraction: float = field(default=0.2, metadata={
+        "help": "share of each leaf's seed Q&A held out as test.jsonl (never shown to the teacher or student)"})
+    valid_fraction: float = field(default=0.2, metadata={
+        "help": "share of the other seed Q&A (hidden from the teacher) and of generated samples put in valid.jsonl"})
     distractors: int = field(default=2, metadata={"help": "knowledge phase-2: unrelated chunks mixed into the context"})
     replay: str | None = field(default=None, metadata={"help": "messages JSONL mixed into train.jsonl (replay)"})
     replay_ratio: float = field(default=0.0, metadata={"help": "replay samples per generated sample (e.g. 0.5)"})
@@ -515,10 +541,22 @@ class RunConfig:
     # stage section sets it. Tuned to the embedded SmolLM2 on a 2-core CPU.
     samples_per_seed: int = field(default=2, metadata={"help": "generate: attempts per seed example and leaf"})
     max_tokens: int = field(default=96, metadata={"help": "generate: most new tokens per generation"})
-    num_iters: int = field(default=60, metadata={"help": "train: optimizer steps"})
+    replay: bool = field(default=True, metadata={
+        "help": "generate: the student's own answers to generic prompts, mixed into training (replay) and held "
+                "out to measure forgetting (general_valid)"})
+    replay_ratio: float = field(default=0.3, metadata={"help": "generate: replay samples per training sample"})
+    phases: bool = field(default=True, metadata={
+        "help": "train: phase 1 (knowledge documents and Q&A) before phase 2 (the skills mix)"})
+    num_epochs: float | None = field(default=2.0, metadata={"help": "train: passes over each phase's data"})
+    num_iters: int | None = field(default=None, metadata={"help": "train: optimizer steps per phase (instead of "
+                                                                  "num_epochs)"})
     batch_size: int = field(default=2, metadata={"help": "train: samples per batch"})
-    num_layers: int = field(default=8, metadata={"help": "train: adapt the last N transformer blocks"})
+    num_layers: int = field(default=16, metadata={"help": "train: adapt the last N transformer blocks"})
     save_every: int = field(default=20, metadata={"help": "train: checkpoint every N steps (a killed run resumes)"})
+    steps_per_eval: int = field(default=10, metadata={
+        "help": "train: validation (in-domain and general) every N steps; the best checkpoint is kept"})
+    patience: int = field(default=3, metadata={"help": "train: stop a phase after N evaluations without a better "
+                                                       "checkpoint"})
     k: int = field(default=2, metadata={"help": "eval: answers per prompt and model"})
     answer_tokens: int = field(default=64, metadata={"help": "eval: most new tokens per answer (eval's max_tokens)"})
     out_type: str = field(default="q8_0", metadata={"help": "export: GGUF type (f16, q8_0, q4_k_m, ...)"})

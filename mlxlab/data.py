@@ -1,7 +1,9 @@
 """Chat JSONL datasets for training: read with file:line errors, tokenize with prompt masking, batch by length.
 
 A dataset is a folder with `train.jsonl` (and optionally `valid.jsonl`), or one `.jsonl` file, holding one
-`{"messages": [{"role": ..., "content": ...}, ...]}` object per line. Tokenization goes through mlx-lm's
+`{"messages": [{"role": ..., "content": ...}, ...]}` object per line, or a `{"text": ...}` object (plain text such
+as a document chunk, trained on every token). A record's `metadata.mask_prompt` (true/false) overrides the
+training's `mask_prompt` for that record: SDG writes `false` where the prompt is worth learning too. Tokenization goes through mlx-lm's
 `ChatDataset` (the model's chat template, prompt masking); batching is ours because mlx-lm's sorts the whole
 set by length and keeps no position we could resume from.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from mlxlab.errors import MlxlabError
 
+ROLES = ("system", "user", "assistant")
 PAD_MULTIPLE = 16      # pad batch widths to a multiple of this: fewer distinct shapes for mx.compile to trace
 BUCKET_BATCHES = 8     # a length bucket holds this many batches: sorted inside, shuffled as whole batches
 
@@ -45,13 +48,24 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise MlxlabError(f"not valid JSON: {exc.msg}", path=path, line=number, column=exc.colno,
                               hint='each line must be one {"messages": [...]} object') from None
+        if isinstance(record, dict) and "messages" not in record and "text" in record:
+            if not isinstance(record["text"], str) or not record["text"].strip():
+                raise MlxlabError('"text" must be a non-empty string', path=path, line=number)
+            records.append(record)
+            continue
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages:
-            raise MlxlabError('expected an object with a non-empty "messages" list', path=path, line=number)
+            raise MlxlabError('expected an object with a non-empty "messages" list (or a "text" string)',
+                              path=path, line=number)
         for i, msg in enumerate(messages):
             if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
                     and isinstance(msg.get("content"), str)):
                 raise MlxlabError(f'messages[{i}] needs string "role" and "content"', path=path, line=number)
+            if msg["role"] not in ROLES:
+                raise MlxlabError(f"messages[{i}] has role {msg['role']!r}", path=path, line=number,
+                                  hint="roles are " + ", ".join(ROLES))
+        if not any(m["role"] == "assistant" for m in messages):
+            raise MlxlabError("the record has no assistant message to train on", path=path, line=number)
         records.append(record)
     return records
 
@@ -82,16 +96,28 @@ def data_hash(*paths: Path | None) -> str:
 
 def tokenize(records: list[dict], tokenizer, *, path: Path, max_seq_length: int,
              mask_prompt: bool = True) -> Tokenized:
-    """Token ids for each record through the model's chat template; longer samples cut and counted."""
+    """Token ids for each record through the model's chat template; longer samples cut and counted.
+
+    `{"text"}` records are plain text with an end-of-sequence token, trained on every token; a record's
+    `metadata.mask_prompt` overrides `mask_prompt`.
+    """
     from mlx_lm.tuner.datasets import ChatDataset
 
-    if not getattr(tokenizer, "chat_template", None):
+    chats = [r for r in records if "messages" in r]
+    if chats and not getattr(tokenizer, "chat_template", None):
         raise MlxlabError("the model's tokenizer has no chat template, so chat data cannot be formatted",
                           hint="use an instruction-tuned model, or add a chat_template to its tokenizer_config.json")
-    chat = ChatDataset(records, tokenizer, mask_prompt=mask_prompt)
+    masked = ChatDataset([], tokenizer, mask_prompt=True)
+    whole = ChatDataset([], tokenizer, mask_prompt=False)
+    eos = getattr(tokenizer, "eos_token_id", None)
     samples, truncated, untrained = [], 0, 0
     for record in records:
-        tokens, offset = chat.process(record)
+        if "messages" not in record:
+            tokens, offset = list(tokenizer.encode(record["text"])) + ([eos] if eos is not None else []), 0
+        else:
+            own = (record.get("metadata") or {}).get("mask_prompt")
+            chat = masked if (mask_prompt if not isinstance(own, bool) else own) else whole
+            tokens, offset = chat.process(record)
         tokens = list(tokens)
         if len(tokens) > max_seq_length:
             tokens = tokens[:max_seq_length]

@@ -1,10 +1,21 @@
-"""SDG output as chat JSONL datasets: train/valid/test, knowledge phase-1 and the phase-2 mix, replay, stats.
+"""SDG output as chat JSONL datasets: the seed split, phase 1 (knowledge), the phase-2 mix, replay, stats.
 
-Every line is `{"messages": [...], "metadata": {"leaf", "kind", "scores", "source", ...}}`.
-- `train.jsonl` / `valid.jsonl`: the phase-2 mix — skills, knowledge with the answering chunk among
-  distractor chunks (RAFT-style), and optional replay samples — split deterministically by seed.
-- `knowledge_phase1.jsonl`: knowledge Q&A with its chunk in the prompt (train with loss on all tokens).
-- `test.jsonl`: the leaves' seed examples, held out from training.
+Every line is `{"messages": [...], "metadata": {"leaf", "kind", "scores", "source", ...}}` (document text is
+`{"text": ..., "metadata": ...}`).
+
+The seed split (`split_seeds`): each leaf's human-written seed Q&A are ranked by a hash of (seed, leaf, question)
+— stable across runs and machines, independent of file order — and the first `heldout_fraction` (at least one
+where the leaf has three or more) is the test set, never shown to the teacher or the student; the next
+`valid_fraction` of the rest (at least one where four or more remain) is validation, also hidden from the
+teacher; the rest are training seeds, shown to the teacher and trained on (they are the best samples there are).
+
+- `phase1/train.jsonl`: the knowledge documents' chunks as plain text (loss on every token), the knowledge
+  leaves' training seeds, and generated knowledge Q&A (chunk in the prompt, loss on all tokens);
+  `phase1/valid.jsonl`: the knowledge leaves' validation items.
+- `train.jsonl` / `valid.jsonl`: the phase-2 mix — training seeds of every leaf, generated skills, generated
+  knowledge with the answering chunk among distractor chunks (RAFT-style), and optional replay samples;
+  generated samples are split into valid by seed too.
+- `test.jsonl`: the held-out seeds.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
@@ -53,19 +65,48 @@ def knowledge_records(sample: dict, distractors: list[str], seed: int) -> tuple[
     return phase1, phase2
 
 
-def seed_records(leaf) -> list[dict]:
-    """A leaf's seed examples as messages records (the held-out test set)."""
-    meta = {"leaf": leaf.name, "kind": leaf.kind, "source": "seed"}
+def seed_items(leaf) -> list[dict]:
+    """A leaf's seed Q&A as items {question, answer, context?, example} (knowledge: one per Q&A)."""
     out = []
     for i, example in enumerate(leaf.seed_examples):
         if "question" in example:
-            question = str(example["question"])
-            user = _with_context(str(example["context"]), question) if example.get("context") else question
-            out.append({"messages": _msgs(user, str(example.get("answer", ""))), "metadata": {**meta, "seed": i}})
+            item = {"question": str(example["question"]), "answer": str(example.get("answer", "")), "example": i}
+            if example.get("context"):
+                item["context"] = str(example["context"])
+            out.append(item)
         for qa in example.get("questions_and_answers") or []:
-            user = _with_context(str(example.get("context", "")), str(qa.get("question", "")))
-            out.append({"messages": _msgs(user, str(qa.get("answer", ""))), "metadata": {**meta, "seed": i}})
+            out.append({"question": str(qa.get("question", "")), "answer": str(qa.get("answer", "")),
+                        "context": str(example.get("context", "")), "example": i})
     return out
+
+
+def split_seeds(leaf, *, heldout_fraction: float, valid_fraction: float, seed: int = 0) -> dict[str, list[dict]]:
+    """{"train", "valid", "test"} seed items of a leaf (see the module docstring for the rule)."""
+    items = seed_items(leaf)
+    ranked = sorted(items, key=lambda it: _fraction("seed-split", seed, leaf.name, it["question"]))
+    n_test = max(1, round(len(items) * heldout_fraction)) if len(items) >= 3 and heldout_fraction > 0 else 0
+    rest = len(items) - n_test
+    n_valid = max(1, round(rest * valid_fraction)) if rest >= 4 and valid_fraction > 0 else 0
+    test, valid = ranked[:n_test], ranked[n_test:n_test + n_valid]
+    hidden = {id(it) for it in test + valid}
+    return {"train": [it for it in items if id(it) not in hidden],      # in file order: prompts stay readable
+            "valid": valid, "test": test}
+
+
+def seed_record(leaf, item: dict, split: str) -> dict:
+    """A seed item as a messages record (a skill's context goes in the user turn; a knowledge question
+    is asked without its context, as a user would ask it)."""
+    grounded = leaf.kind != "knowledge" and item.get("context")
+    user = _with_context(item["context"], item["question"]) if grounded else item["question"]
+    return {"messages": _msgs(user, item["answer"]),
+            "metadata": {"leaf": leaf.name, "kind": leaf.kind, "source": "seed", "seed": item["example"],
+                         "split": split, "unit": f"seed/{item['example']}/{item['question'][:40]}"}}
+
+
+def document_records(leaf, chunks: list[str]) -> list[dict]:
+    """A knowledge leaf's document chunks as plain-text records (trained on every token)."""
+    return [{"text": chunk, "metadata": {"leaf": leaf.name, "kind": "knowledge", "source": "document",
+                                         "chunk": i, "mask_prompt": False}} for i, chunk in enumerate(chunks)]
 
 
 def read_replay(path: str | Path, count: int, seed: int) -> list[dict]:
@@ -81,6 +122,51 @@ def read_replay(path: str | Path, count: int, seed: int) -> list[dict]:
             for r in records[:count]]
 
 
+REPLAY_PROMPTS = Path(__file__).parent / "prompts" / "general_prompts.yaml"
+
+
+def general_prompts(path: str | Path | None = None) -> list[str]:
+    """The generic user prompts of the replay set (`prompts:` list in a YAML file; default: the packaged one)."""
+    import yaml
+
+    from mlxlab.config import compose_yaml
+
+    text, root = compose_yaml(path or REPLAY_PROMPTS, "general prompts file")
+    data = yaml.safe_load(text) if root is not None else None
+    prompts = data.get("prompts") if isinstance(data, dict) else None
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise MlxlabError("a general prompts file needs `prompts:` with a list of non-empty strings",
+                          path=path or REPLAY_PROMPTS, line=1)
+    return [p.strip() for p in prompts]
+
+
+def self_replay(teacher, output: str | Path, *, prompts: list[str] | None = None, valid_fraction: float = 0.4,
+                max_tokens: int = 96, seed: int = 0) -> tuple[Path, Path]:
+    """(replay.jsonl, general_valid.jsonl): the base model's own answers to generic prompts.
+
+    Trained on, they hold the student near what it already does well (a replay buffer that needs no
+    downloaded data); held out, their loss measures forgetting: it rises as soon as training pulls the model
+    away from its general behaviour. `teacher` is a `Teacher` on the *student* base model. An answer cut at
+    `max_tokens` keeps its complete sentences (the end of the turn then follows a finished sentence).
+    """
+    prompts = prompts or general_prompts()
+    replies = teacher.generate([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
+                               max_tokens=max_tokens, seed=seed)
+    train, valid = [], []
+    for prompt, (reply, *_) in zip(prompts, replies):
+        text = reply.text.strip()
+        if reply.finish_reason == "length":
+            ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+            text = text[:ends[-1]] if ends and ends[-1] > len(text) // 3 else ""
+        if not text:
+            continue
+        record = {"messages": _msgs(prompt, text), "metadata": {"source": "replay", "leaf": "general",
+                                                                "unit": prompt}}
+        (valid if _fraction("replay", seed, prompt) < valid_fraction else train).append(record)
+    output = Path(output)
+    return write_jsonl(output / "replay.jsonl", train), write_jsonl(output / "general_valid.jsonl", valid)
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,34 +176,64 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg) -> dict[str, Path | None]:
-    """Write train/valid/test (+ knowledge_phase1) from the kept samples of every leaf; return the paths."""
-    mix, phase1 = [], []
+def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
+                   splits: dict[str, dict[str, list[dict]]] | None = None,
+                   documents: dict[str, list[str]] | None = None) -> dict[str, Path | None]:
+    """Write phase 1, the phase-2 train/valid mix and test from every leaf's seeds, documents and kept samples.
+
+    `splits` is each leaf's `split_seeds` (made here when not given); `documents` its chunk texts.
+    """
+    splits = splits or {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction,
+                                               valid_fraction=cfg.valid_fraction, seed=cfg.seed) for leaf in leaves}
+    documents = documents or {}
+    in_valid = lambda r: _fraction(cfg.seed, r["metadata"]["leaf"], r["metadata"]["unit"]) < cfg.valid_fraction  # noqa: E731
+    mix, valid, phase1, phase1_valid, test = [], [], [], [], []
     for leaf in leaves:
+        split = splits[leaf.name]
+        seeds = {name: [seed_record(leaf, it, name) for it in split[name]] for name in ("train", "valid", "test")}
+        test.extend(seeds["test"])
         samples = by_leaf.get(leaf.name, [])
         if leaf.kind != "knowledge":
-            mix.extend(skill_record(s) for s in samples)
+            generated = [skill_record(s) for s in samples]
+            held = [r for r in generated if in_valid(r)]
+            mix.extend(seeds["train"] + [r for r in generated if r not in held])
+            valid.extend(seeds["valid"] + held)
             continue
+        phase1.extend(document_records(leaf, documents.get(leaf.name, [])))
+        phase1.extend(seeds["train"])
+        mix.extend(seeds["train"])
+        valid.extend(seeds["valid"])
+        phase1_valid.extend(seeds["valid"])
         chunks = sorted({s["chunk"] for s in samples})
         for s in samples:
             others = [c for c in chunks if c != s["chunk"]]
             random.Random(f"{cfg.seed}\0{s.get('unit')}").shuffle(others)
             p1, p2 = knowledge_records(s, others[:cfg.distractors], cfg.seed)
-            phase1.append(p1)
-            mix.append(p2)
-    valid = [r for r in mix if _fraction(cfg.seed, r["metadata"]["leaf"], r["metadata"]["unit"]) < cfg.valid_fraction]
-    if not valid and len(mix) >= 2 and cfg.valid_fraction > 0:
-        valid = [min(mix, key=lambda r: _fraction(cfg.seed, r["metadata"]["leaf"], r["metadata"]["unit"]))]
-    train = [r for r in mix if r not in valid]
+            if in_valid(p2):
+                # validation asks the question alone: what a user will do, and no chunk leaks into phase 1
+                plain = {"messages": _msgs(s["question"], s["answer"]), "metadata": {**p2["metadata"], "phase": 1}}
+                valid.append(plain)
+                phase1_valid.append(plain)
+            else:
+                phase1.append(p1)
+                mix.append(p2)
     if cfg.replay and cfg.replay_ratio > 0:
-        train.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(train)), cfg.seed))
-    test = [r for leaf in leaves for r in seed_records(leaf)]
+        # both phases replay general data: forgetting starts in phase 1 already
+        mix.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(mix)), cfg.seed))
+        if phase1:
+            phase1.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(phase1)), cfg.seed + 1))
     files: dict[str, Path | None] = {
-        "train": write_jsonl(output / "train.jsonl", train),
+        "train": write_jsonl(output / "train.jsonl", mix),
         "valid": write_jsonl(output / "valid.jsonl", valid),
         "test": write_jsonl(output / "test.jsonl", test),
-        "knowledge_phase1": write_jsonl(output / "knowledge_phase1.jsonl", phase1) if phase1 else None,
+        "knowledge_phase1": None,
     }
+    if phase1:
+        files["knowledge_phase1"] = write_jsonl(output / "phase1" / "train.jsonl", phase1)
+        write_jsonl(output / "phase1" / "valid.jsonl", phase1_valid)
+    else:
+        for name in ("train.jsonl", "valid.jsonl"):       # an earlier run's phase 1 no longer applies
+            (output / "phase1" / name).unlink(missing_ok=True)
     return files
 
 

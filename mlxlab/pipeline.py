@@ -32,12 +32,15 @@ SECTION = {"validate": ("taxonomy", TaxonomyConfig), "generate": ("generate", Ge
            "eval": ("eval", EvalConfig)}
 # section -> {stage setting: RunConfig field that sizes it inside a run}
 SIZING = {"generate": {"samples_per_seed": "samples_per_seed", "max_tokens": "max_tokens"},
-          "train": {"num_iters": "num_iters", "batch_size": "batch_size", "num_layers": "num_layers",
-                    "save_every": "save_every"},
+          "train": {"num_epochs": "num_epochs", "num_iters": "num_iters", "batch_size": "batch_size",
+                    "num_layers": "num_layers", "save_every": "save_every", "steps_per_eval": "steps_per_eval",
+                    "patience": "patience"},
           "eval": {"k": "k", "max_tokens": "answer_tokens"},
           "export": {"out_type": "out_type"}}
 # A run keeps going when one leaf of several ends empty (the summary shows it); train fails if all do.
-RUN_DEFAULTS = {"generate": {"allow_empty": True}}
+RUN_DEFAULTS = {"generate": {"allow_empty": True}, "train": {"keep_best": True}}
+# a run is sized by epochs or by iterations: either one set in the config file or a stage dict replaces both
+LENGTH = ("num_epochs", "num_iters")
 # settings left out of a stage's inputs hash: they do not change what it produces, or they are paths whose
 # files are hashed by content (so a run folder can be moved or copied without redoing anything)
 VOLATILE = {"quiet", "resume", "force", "output", "concurrency", "taxonomy", "test", "prompts"}
@@ -181,7 +184,13 @@ def plan_run(name=None, *, taxonomy=None, model=None, teacher=None, runs_dir=Non
         in_file = file_config.get(section, {})
         values = dataclasses.asdict(resolve(cls, file_config=file_config))     # file values checked, with file:line
         values.update({k: v for k, v in RUN_DEFAULTS.get(section, {}).items() if k not in in_file})
-        values.update({k: getattr(run_cfg, f) for k, f in SIZING.get(section, {}).items() if k not in in_file})
+        given = {*in_file, *per_stage.get(section, {})}
+        sizing = {k: getattr(run_cfg, f) for k, f in SIZING.get(section, {}).items() if k not in given}
+        if given & set(LENGTH):
+            sizing = {k: v for k, v in sizing.items() if k not in LENGTH}
+        elif section == "train" and run_cfg.num_iters is not None:
+            sizing["num_epochs"] = None             # iterations asked for: they replace the epochs
+        values.update(sizing)
         configs[section] = resolve(cls, **{**values, **per_stage.get(section, {})})
     tax = run_cfg.taxonomy or configs["taxonomy"].taxonomy
     configs["taxonomy"] = dataclasses.replace(configs["taxonomy"], taxonomy=tax)
@@ -207,13 +216,16 @@ def _inputs(stage: str, plan: _Plan) -> dict:
         if not root.is_dir():
             raise MlxlabError(f"no such taxonomy folder: {root}", hint="pass --taxonomy ROOT")
         files = _files(root, root)
-        if stage == "generate":   # the knowledge documents are inputs too
+        if stage == "generate":   # the knowledge documents are inputs too, and the student writes the replay
             tax = Taxonomy.load(root, strict=plan.configs["taxonomy"].strict)
             files.update(_files(root, *(doc for leaf in tax.leaves for doc in leaf.documents)))
+            return {"files": files, "settings": settings, "student": plan.model,
+                    "replay": [plan.run.replay, plan.run.replay_ratio]}
         return {"files": files, "settings": settings}
     if stage == "train":
+        optional = (plan.data / "valid.jsonl", plan.data / "general_valid.jsonl", plan.data / "phase1")
         files = _files(plan.dir, _need(plan.data / "train.jsonl", stage, "generate"),
-                       *[p for p in (plan.data / "valid.jsonl",) if p.is_file()])
+                       *[p for p in optional if p.exists()])
         return {"files": files, "settings": settings, "model": plan.model}
     adapters = [plan.adapters / "adapters.safetensors", plan.adapters / "adapter_config.json"]
     if stage == "fuse":
@@ -242,29 +254,63 @@ def _run_validate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 
 def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.sdg import generate_data
+    from mlxlab.datasets import self_replay
+    from mlxlab.sdg import generate_data, make_sdg_teacher
+    from mlxlab.teacher import Teacher
 
     if not resume and plan.data.exists() and plan.forced:
         shutil.rmtree(plan.data)           # a redo asked for: journals would otherwise replay the old data
-    result = generate_data(config=plan.configs["generate"])
-    outputs = {"train": result.train, "valid": result.valid, "test": result.test, "report": result.report}
+    cfg = plan.configs["generate"]
+    teacher = make_sdg_teacher(cfg)
+    outputs = {}
+    if plan.run.replay:
+        replay, general = plan.data / "replay.jsonl", plan.data / "general_valid.jsonl"
+        if not (resume and replay.is_file() and general.is_file()):
+            same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
+            student = teacher if same else Teacher(plan.model, backend="mlx")
+            replay, general = self_replay(student, plan.data, seed=cfg.seed)
+        cfg = dataclasses.replace(cfg, replay=str(replay), replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
+        outputs.update(replay=replay, general_valid=general)
+    result = generate_data(config=cfg, teacher=teacher)
+    outputs.update(train=result.train, valid=result.valid, test=result.test, report=result.report)
+    if result.knowledge_phase1:
+        outputs.update(phase1=result.knowledge_phase1)
     figures = {"samples": result.samples, "kept": result.kept, "generated_tokens": result.generated_tokens,
                "tokens_per_second": result.tokens_per_second}
     return outputs, figures
 
 
+def _phases(plan: _Plan) -> list[dict] | None:
+    """Phase 1 (knowledge documents and Q&A) then phase 2 (the mix), when the data has a phase 1."""
+    if plan.run.phases and (plan.data / "phase1" / "train.jsonl").is_file():
+        return [{"data": str(plan.data / "phase1")}, {"data": str(plan.data)}]
+    return None
+
+
 def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.train import checkpoints, train
 
-    done = checkpoints(plan.adapters) if resume else {}
-    if not done and plan.adapters.exists():
+    cfg = plan.configs["train"]
+    general = plan.data / "general_valid.jsonl"
+    if cfg.general_valid is None and general.is_file():
+        cfg = dataclasses.replace(cfg, general_valid=str(general))
+    folders = [plan.adapters, *sorted(plan.adapters.glob("phase_*"))]
+    done = {i: p for folder in folders for i, p in checkpoints(folder).items()} if resume else {}
+    finished = resume and any(plan.adapters.glob("phase_*/result.json"))
+    if not (done or finished) and plan.adapters.exists():
         shutil.rmtree(plan.adapters)       # old checkpoints belong to other inputs: train refuses to mix them
-    result = train(plan.model, plan.data, plan.adapters, config=plan.configs["train"], quiet=plan.quiet,
-                   resume=bool(done))
+    result = train(plan.model, plan.data, plan.adapters, config=cfg, phases=_phases(plan), quiet=plan.quiet,
+                   resume=bool(done or finished))
     outputs = {"adapters": result.adapters, "log": result.log, "loss_plot": result.loss_plot}
     figures = {"final_loss": result.final_loss, "val_loss": result.val_loss, "num_iters": result.num_iters,
                "num_epochs": result.num_epochs, "tokens_per_second": result.tokens_per_second,
-               "peak_memory_gb": result.peak_memory_gb, "resumed_from": max(done, default=0)}
+               "peak_memory_gb": result.peak_memory_gb, "resumed_from": max(done, default=0),
+               "best_iter": result.best_iter, "best_reason": result.best_reason,
+               "general_loss": result.general_loss, "general_base_loss": result.general_base_loss,
+               "stopped_early": result.stopped_early}
+    if _phases(plan):
+        figures["phases"] = [json.loads((plan.adapters / f"phase_{i}" / "result.json").read_text(encoding="utf-8"))
+                             for i in (1, 2)]
     return outputs, figures
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from mlxlab.config import GenerateConfig
 from mlxlab.errors import MlxlabError
+from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
+from mlxlab.progress import Display as _Display
 from mlxlab.prompts import extract, load_prompt, parse_score
 
 JOURNAL_VERSION = 1
@@ -58,6 +60,12 @@ class LeafStats:
     tokens: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    prompt_style: str = ""
+    scorer: str = ""
+    seeds: dict = field(default_factory=dict)           # seed Q&A per split: {"train": n, "valid": n, "test": n}
+    gates: dict = field(default_factory=dict)           # gate -> samples it removed
+    gate_examples: dict = field(default_factory=dict)   # gate -> a few removed samples with the reason
+    scores: dict = field(default_factory=dict)          # likelihood scorer: min / median / max of kept and dropped
 
     def funnel(self) -> str:
         """One line per filter: what went in, what could not be read, what passed."""
@@ -68,29 +76,6 @@ class LeafStats:
 
 
 # ---------------------------------------------------------------------------------------------- ROUGE-L
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def rouge_l(a: str | list[str], b: str | list[str]) -> float:
-    """ROUGE-L F1 between two texts (longest common subsequence of lowercase words)."""
-    x = _words(a) if isinstance(a, str) else a
-    y = _words(b) if isinstance(b, str) else b
-    if not x or not y:
-        return 0.0
-    prev = [0] * (len(y) + 1)
-    for xi in x:
-        cur = [0]
-        for j, yj in enumerate(y):
-            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(x), lcs / len(y)
-    return 2 * precision * recall / (precision + recall)
-
 
 def remove_near_duplicates(texts: list[str], threshold: float, reference: list[str] = ()) -> list[int]:
     """Indices of `texts` to keep: each below `threshold` ROUGE-L to every kept text and every reference."""
@@ -173,12 +158,14 @@ class _Run:
             teacher, cfg, leaf, journal, stats, display)
         self.group = max(1, teacher.batch_size if teacher.backend == "mlx" else teacher.concurrency * 2)
 
-    def generate(self, stage: str, units: list[tuple[str, list[dict]]], *,
-                 verdict: tuple[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    def generate(self, stage: str, units: list[tuple[str, list[dict] | str]], *,
+                 verdict: tuple[str, tuple[str, ...]] | None = None,
+                 stop: tuple[str, ...] | None = None) -> dict[str, str]:
         """Texts for `units` ((id, messages)), from the journal where done, else from the teacher.
 
         `verdict` = (tag, choices) marks a judge stage: with judge_mode choose/auto on a teacher that can,
-        the verdict is the likeliest choice after "[Start of <tag>]" instead of written text.
+        the verdict is the likeliest choice after "[Start of <tag>]" instead of written text. With `stop`,
+        each unit is a raw text that the teacher continues up to the first stop string (few-shot style).
         """
         cfg = self.cfg
         judge = verdict is not None
@@ -204,6 +191,11 @@ class _Run:
                 picked = self.teacher.choose(messages, list(choices), prefix=f"[Start of {tag}]\n", progress=advance)
             if picked is not None:
                 out = [(f"[Start of {tag}]\n{p}\n[End of {tag}]" if p else "", 1, "choice") for p in picked]
+            elif stop is not None:
+                seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
+                done = self.teacher.complete(messages, stop=stop, temperature=temperature, top_p=cfg.top_p,
+                                             max_tokens=max_tokens, seeds=seeds, progress=advance)
+                out = [(c.text, c.tokens, c.finish_reason) for c in done]
             else:
                 seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
                 done = self.teacher.generate(messages, n=1, temperature=temperature, top_p=cfg.top_p,
@@ -218,12 +210,13 @@ class _Run:
         self.stats.seconds += sum(r.get("seconds", 0.0) for r in records)
         return {uid: r["text"] for (uid, _), r in zip(units, records)}
 
-    def stage(self, name: str, items: dict[str, dict], render: Callable[[dict], list[dict]],
+    def stage(self, name: str, items: dict[str, dict], render: Callable[[dict], list[dict] | str],
               parse: Callable[[str, dict], tuple[dict | None, bool]], *,
-              verdict: tuple[str, tuple[str, ...]] | None = None) -> dict[str, dict]:
+              verdict: tuple[str, tuple[str, ...]] | None = None,
+              stop: tuple[str, ...] | None = None) -> dict[str, dict]:
         """Run one role over `items`; keep what parses and passes; record the counts."""
         texts = self.generate(name, [(f"{name}/{key}", render(item)) for key, item in items.items()],
-                              verdict=verdict)
+                              verdict=verdict, stop=stop)
         passed, unparsed = {}, 0
         for key, item in items.items():
             try:
@@ -234,6 +227,8 @@ class _Run:
                 unparsed += 1
             elif ok:
                 passed[key] = {**item, **fields}
+                if verdict is None:     # the gates' truncation check reads how the text's generation ended
+                    passed[key]["finish"] = self.journal.records[f"{name}/{key}"].get("finish", "stop")
         self.stats.stages.append({"stage": name, "sent": len(items), "parsed": len(items) - unparsed,
                                   "unparsed": unparsed, "passed": len(passed)})
         return passed
@@ -268,12 +263,11 @@ def _context_block(item: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- pipelines
 
-def skills_pipeline(run: _Run) -> list[dict]:
-    """Freeform and grounded skills: (contexts →) questions → judge → answers → judge."""
+def skills_pipeline(run: _Run, seeds: list[dict]) -> dict[str, dict]:
+    """LAB skills, freeform and grounded: (contexts →) questions → answers, from the visible seed items."""
     cfg, leaf = run.cfg, run.leaf
     P = load_prompt
     task = leaf.task_description or ""
-    seeds = list(leaf.seed_examples)
     items = {f"{i}/{k}": {"seed": i} for i in range(len(seeds)) for k in range(cfg.samples_per_seed)}
     if leaf.kind == "grounded_skill":
         items = run.stage("contexts", items, lambda it: P("grounded_contexts").render(
@@ -284,18 +278,21 @@ def skills_pipeline(run: _Run) -> list[dict]:
     else:
         items = run.stage("questions", items, lambda it: P("skill_questions").render(
             task_description=task, seed_question=seeds[it["seed"]]["question"]), _field("Question", cfg))
-    qj = P("question_judge")
-    items = run.stage("question_judge", items, lambda it: qj.render(
-        task_description=task, question=it["question"], context_block=_context_block(it)),
-        _judge(qj, "Score", "question", lambda v: int(v) >= cfg.question_threshold), verdict=("Score", qj.scores))
-    items = run.stage("answers", items, lambda it: P("answer").render(
+    return run.stage("answers", items, lambda it: P("answer").render(
         seed_question=seeds[it["seed"]]["question"], seed_answer=seeds[it["seed"]]["answer"],
         question=it["question"], context_block=_context_block(it)), _field("Answer", cfg))
-    pj = P("pair_judge")
-    items = run.stage("pair_judge", items, lambda it: pj.render(
+
+
+def skills_judges(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+    """The LAB skill judges: the question (0/1), then the pair (1-3)."""
+    cfg, P = run.cfg, load_prompt
+    qj, pj = P("question_judge"), P("pair_judge")
+    items = run.stage("question_judge", items, lambda it: qj.render(
+        task_description=run.leaf.task_description or "", question=it["question"], context_block=_context_block(it)),
+        _judge(qj, "Score", "question", lambda v: int(v) >= cfg.question_threshold), verdict=("Score", qj.scores))
+    return run.stage("pair_judge", items, lambda it: pj.render(
         question=it["question"], answer=it["answer"], context_block=_context_block(it)),
         _judge(pj, "Score", "pair", lambda v: int(v) >= cfg.pair_threshold), verdict=("Score", pj.scores))
-    return [{"unit": key, **item} for key, item in items.items()]
 
 
 def _qa_parse(cfg: GenerateConfig):
@@ -309,27 +306,39 @@ def _qa_parse(cfg: GenerateConfig):
     return parse
 
 
-def knowledge_pipeline(run: _Run, chunks: list) -> list[dict]:
-    """Knowledge: Q&A grounded in a chunk (seed Q&A as examples) → faithfulness, relevancy, question quality."""
+def knowledge_examples(seeds: list[dict]) -> list[dict]:
+    """Visible knowledge seed items grouped back into examples: [{context, qas: [{question, answer}]}]."""
+    grouped: dict[int, dict] = {}
+    for item in seeds:
+        grouped.setdefault(item["example"], {"context": item.get("context", ""), "qas": []})["qas"].append(item)
+    return list(grouped.values())
+
+
+def _knowledge_units(examples: list[dict], chunks: list, n: int) -> dict[str, dict]:
+    """`n` attempts per seed Q&A, each example in turn, spread evenly over the chunks so every part of the
+    documents gets questions."""
+    total = n * sum(len(e["qas"]) for e in examples)
+    return {f"{u}": {"seed": u % len(examples), "chunk": chunks[u * len(chunks) // total].text,
+                     "chunk_index": chunks[u * len(chunks) // total].index} for u in range(total)}
+
+
+def knowledge_pipeline(run: _Run, seeds: list[dict], chunks: list) -> dict[str, dict]:
+    """LAB knowledge: Q&A grounded in a chunk, with a seed example's Q&A as examples."""
     cfg, leaf = run.cfg, run.leaf
-    seeds = list(leaf.seed_examples)
-    n = cfg.samples_per_seed
-    items = {}
-    for i in range(len(seeds)):
-        for k in range(n):
-            # spread attempts over the chunks so every part of the document gets questions
-            chunk = chunks[(i * n + k) % len(chunks)]
-            items[f"{i}/{k}"] = {"seed": i, "chunk": chunk.text, "chunk_index": chunk.index}
-    P = load_prompt
+    examples = knowledge_examples(seeds)
 
-    def examples(i: int) -> str:
-        qas = seeds[i].get("questions_and_answers") or []
+    def shown(i: int) -> str:
         return "\n".join(f"[Start of Question]\n{qa['question']}\n[End of Question]\n[Start of Answer]\n"
-                         f"{qa['answer']}\n[End of Answer]" for qa in qas[:3])
+                         f"{qa['answer']}\n[End of Answer]" for qa in examples[i]["qas"][:3])
 
-    items = run.stage("qa", items, lambda it: P("knowledge_qa").render(
-        domain=leaf.domain or "", document_outline=leaf.document_outline or "", examples=examples(it["seed"]),
-        chunk=it["chunk"]), _qa_parse(cfg))
+    return run.stage("qa", _knowledge_units(examples, chunks, cfg.samples_per_seed), lambda it: load_prompt(
+        "knowledge_qa").render(domain=leaf.domain or "", document_outline=leaf.document_outline or "",
+                               examples=shown(it["seed"]), chunk=it["chunk"]), _qa_parse(cfg))
+
+
+def knowledge_judges(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+    """The LAB knowledge judges: faithfulness to the chunk, relevancy, question quality."""
+    cfg, P = run.cfg, load_prompt
     fj, rj, qj = P("knowledge_faithfulness"), P("knowledge_relevancy"), P("knowledge_question_quality")
     items = run.stage("faithfulness", items, lambda it: fj.render(chunk=it["chunk"], answer=it["answer"]),
                       _judge(fj, "Verdict", "faithful", lambda v: v == "YES" or not cfg.require_faithful),
@@ -337,10 +346,87 @@ def knowledge_pipeline(run: _Run, chunks: list) -> list[dict]:
     items = run.stage("relevancy", items, lambda it: rj.render(question=it["question"], answer=it["answer"]),
                       _judge(rj, "Score", "relevancy", lambda v: int(v) >= cfg.relevancy_threshold),
                       verdict=("Score", rj.scores))
-    items = run.stage("question_quality", items, lambda it: qj.render(chunk=it["chunk"], question=it["question"]),
-                      _judge(qj, "Score", "question_quality",
-                             lambda v: int(v) >= cfg.question_quality_threshold), verdict=("Score", qj.scores))
-    return [{"unit": key, **item} for key, item in items.items()]
+    return run.stage("question_quality", items, lambda it: qj.render(chunk=it["chunk"], question=it["question"]),
+                     _judge(qj, "Score", "question_quality",
+                            lambda v: int(v) >= cfg.question_quality_threshold), verdict=("Score", qj.scores))
+
+
+def fewshot_pipeline(run: _Run, seeds: list[dict], chunks: list) -> dict[str, dict]:
+    """The few-shot style (`mlxlab.fewshot`): one new pair per continuation of the seeds' pattern."""
+    from mlxlab import fewshot
+
+    cfg, leaf = run.cfg, run.leaf
+    n = cfg.samples_per_seed
+    if leaf.kind == "knowledge":
+        examples = knowledge_examples(seeds)
+        return run.stage("fewshot", _knowledge_units(examples, chunks, n), lambda it: fewshot.knowledge_prompt(
+            leaf.document_outline or "", examples[it["seed"]], it["chunk"]),
+            lambda text, _it: (fewshot.parse_pair(text), True), stop=fewshot.STOPS["knowledge"])
+    grounded = leaf.kind == "grounded_skill"
+    task = leaf.task_description or ""
+    items = {f"{i}/{k}": {"seed": i} for i in range(len(seeds)) for k in range(n)}
+    return run.stage("fewshot", items, lambda it: fewshot.skill_prompt(
+        task, fewshot.shots_for(seeds, it["seed"], seed=cfg.seed, leaf=leaf.name), grounded=grounded),
+        lambda text, _it: (fewshot.parse_pair(text, grounded=grounded), True),
+        stop=fewshot.STOPS["grounded" if grounded else "skill"])
+
+
+# ---------------------------------------------------------------------------------------------- filters
+
+def gate_stage(run: _Run, items: dict[str, dict], profile) -> dict[str, dict]:
+    """Drop what a deterministic gate catches (`mlxlab.gates`); count each gate and keep a few examples."""
+    from mlxlab.gates import GATES, check_sample
+
+    passed = {}
+    removed = {gate: 0 for gate in GATES}
+    for key, item in items.items():
+        hit = check_sample(item["question"], item["answer"], profile, finish_reason=item.get("finish", "stop"),
+                           context=item.get("chunk") or item.get("context") or "")
+        if hit is None:
+            passed[key] = item
+            continue
+        gate, reason = hit
+        removed[gate] += 1
+        shown = run.stats.gate_examples.setdefault(gate, [])
+        if len(shown) < 3:
+            shown.append({"question": item["question"][:160], "answer": item["answer"][:160], "reason": reason})
+    run.stats.gates = removed
+    run.stats.stages.append({"stage": "gates", "sent": len(items), "parsed": len(items), "unparsed": 0,
+                             "passed": len(passed), "removed": {g: n for g, n in removed.items() if n}})
+    return passed
+
+
+def likelihood_stage(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+    """Keep the best `keep_fraction` of samples by log p(answer | question) - log p(answer) per token (> 0)."""
+    from mlxlab.fewshot import score_texts
+
+    if not items:
+        run.stats.stages.append({"stage": "likelihood", "sent": 0, "parsed": 0, "unparsed": 0, "passed": 0})
+        return {}
+    keys = list(items)
+    pairs = [p for key in keys for p in score_texts(items[key])]
+    task = run.display.start(f"{run.leaf.name} · likelihood", len(pairs))
+    values = run.teacher.loglikelihood(pairs, progress=lambda done, toks: run.display.advance(task, done, toks))
+    run.display.finish(task)
+    scores = {}
+    for n, key in enumerate(keys):
+        (cond, count), (uncond, _) = values[2 * n], values[2 * n + 1]
+        scores[key] = (cond - uncond) / max(count, 1)
+    ranked = sorted((k for k in keys if scores[k] > 0), key=lambda k: (-scores[k], k))
+    kept = ranked[:max(1, round(run.cfg.keep_fraction * len(keys)))] if ranked else []
+    passed = {k: {**items[k], "scores": {**items[k].get("scores", {}), "likelihood": round(scores[k], 4)}}
+              for k in keys if k in set(kept)}
+
+    def spread(values: list[float]) -> dict:
+        values = sorted(values)
+        return {"min": round(values[0], 3), "median": round(values[len(values) // 2], 3),
+                "max": round(values[-1], 3)} if values else {}
+
+    run.stats.scores = {"kept": spread([scores[k] for k in kept]),
+                        "dropped": spread([scores[k] for k in keys if k not in set(kept)])}
+    run.stats.stages.append({"stage": "likelihood", "sent": len(keys), "parsed": len(keys), "unparsed": 0,
+                             "passed": len(passed)})
+    return passed
 
 
 def seed_questions(leaf) -> list[str]:
@@ -354,71 +440,6 @@ def seed_questions(leaf) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- progress
-
-class _Display:
-    """A rich progress bar per stage (rate, tokens/s, ETA), or one log line per stage when quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet or not sys.stderr.isatty()     # logs and pipes get plain lines, not redraws
-        self.progress = None
-        self.tasks: dict = {}
-        if not quiet:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rates]}"), TimeElapsedColumn(),
-                                     TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True))
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.__exit__(*exc)
-
-    def start(self, description: str, total: int):
-        """A new stage line; returns its handle."""
-        handle = self.progress.add_task(description, total=total, rates="") if self.progress else description
-        self.tasks[handle] = {"start": time.perf_counter(), "done": 0, "tokens": 0, "total": total, "restored": 0}
-        return handle
-
-    def advance(self, handle, done: int, tokens: int) -> None:
-        """Count finished samples and generated tokens."""
-        state = self.tasks[handle]
-        state["done"] += done
-        state["tokens"] += tokens
-        if self.progress:
-            elapsed = max(1e-9, time.perf_counter() - state["start"])
-            self.progress.update(handle, advance=done, rates=f"{state['done'] / elapsed:.2f} samples/s "
-                                                             f"{state['tokens'] / elapsed:.1f} tok/s")
-
-    def restored(self, handle, done: int) -> None:
-        """Count samples taken from the journal (they do not enter the rates)."""
-        self.tasks[handle]["restored"] += done
-        if self.progress:
-            self.progress.update(handle, advance=done, rates="from the journal")
-
-    def finish(self, handle) -> None:
-        """Close a stage line (quiet: print its summary)."""
-        state = self.tasks.pop(handle)
-        if self.quiet:
-            elapsed = time.perf_counter() - state["start"]
-            restored = f" ({state['restored']} from the journal)" if state["restored"] else ""
-            sys.stderr.write(f"{handle}: {state['total']} units{restored}, {state['tokens']} new tokens in "
-                             f"{elapsed:.1f} s ({state['tokens'] / max(elapsed, 1e-9):.1f} tok/s)\n")
-
-
 # ---------------------------------------------------------------------------------------------- the stage
 
 def _fingerprint(cfg: GenerateConfig, teacher, leaf) -> str:
@@ -426,12 +447,14 @@ def _fingerprint(cfg: GenerateConfig, teacher, leaf) -> str:
     from mlxlab.prompts import _DIR
 
     prompts = hashlib.sha256(b"".join((_DIR / f"{role}.yaml").read_bytes() for role in ROLES)).hexdigest()
+    from mlxlab.fewshot import LAYOUT_VERSION
+
     keys = ("seed", "temperature", "judge_temperature", "top_p", "max_tokens", "judge_max_tokens", "judge_mode",
-            "samples_per_seed", "chunk_tokens", "chunk_overlap")
+            "samples_per_seed", "chunk_tokens", "chunk_overlap", "heldout_fraction", "valid_fraction")
     data = {k: getattr(cfg, k) for k in keys}
     data.update(teacher=str(teacher.model_ref), backend=teacher.backend, url=teacher.url,
                 group=teacher.batch_size, leaf=json.dumps(leaf.data, sort_keys=True, default=str),
-                documents=[str(p) for p in leaf.documents], prompts=prompts)
+                documents=[str(p) for p in leaf.documents], prompts=prompts, fewshot=LAYOUT_VERSION)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -461,18 +484,79 @@ def _knowledge_chunks(leaf, teacher, cfg: GenerateConfig, stats: LeafStats) -> l
     return chunks
 
 
-def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display) -> tuple[list[dict], LeafStats]:
-    """Generate, filter and deduplicate one leaf; returns its kept samples and its stats."""
-    stats = LeafStats(leaf.name, leaf.kind)
+CAPABLE_TEACHER_PARAMETERS = 3_000_000_000   # from here on a teacher follows role prompts and writes verdicts
+
+
+def choose_methods(teacher, cfg: GenerateConfig) -> dict:
+    """{"prompt_style", "scorer", "parameters", "why"}: the `auto` settings resolved for this teacher.
+
+    A teacher below `CAPABLE_TEACHER_PARAMETERS` (measured on SmolLM2-135M: LAB role prompts gave template
+    debris and its verdicts passed everything) gets the few-shot style and the likelihood scorer; a larger
+    or remote one (size unknown: a server usually hosts a capable model) gets the LAB prompts and judges.
+    """
+    for name, allowed in (("prompt_style", ("auto", "lab", "fewshot")), ("scorer", ("auto", "likelihood", "judge",
+                                                                                      "none"))):
+        if getattr(cfg, name) not in allowed:
+            raise MlxlabError(f"unknown {name} {getattr(cfg, name)!r}", hint="use one of: " + ", ".join(allowed))
+    parameters = teacher.num_parameters() if hasattr(teacher, "num_parameters") else None
+    small = parameters is not None and parameters < CAPABLE_TEACHER_PARAMETERS
+    size = f"{parameters / 1e6:.0f}M parameters" if parameters else "size unknown"
+    style = cfg.prompt_style if cfg.prompt_style != "auto" else ("fewshot" if small else "lab")
+    can_score = hasattr(teacher, "can_score") and teacher.can_score()
+    scorer = cfg.scorer
+    if scorer == "auto":
+        scorer = "likelihood" if small and can_score else "judge"
+    elif scorer == "likelihood" and not can_score:
+        raise MlxlabError(f"the likelihood scorer needs the in-process mlx teacher, not {teacher.backend}",
+                          hint="use --scorer judge or --scorer auto")
+    why = f"teacher {size} ({'small' if small else 'capable or unknown'}): " \
+          f"prompt_style {style}{' (auto)' if cfg.prompt_style == 'auto' else ''}, " \
+          f"scorer {scorer}{' (auto)' if cfg.scorer == 'auto' else ''}"
+    return {"prompt_style": style, "scorer": scorer, "parameters": parameters, "why": why}
+
+
+def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, methods: dict,
+              split: dict[str, list[dict]]) -> tuple[list[dict], LeafStats, list[str]]:
+    """Generate, gate, score and deduplicate one leaf; returns its kept samples, stats and document chunks.
+
+    Only the leaf's training seeds (`split["train"]`) are shown to the teacher and the gates.
+    """
+    from mlxlab.gates import leaf_profile
+
+    stats = LeafStats(leaf.name, leaf.kind, prompt_style=methods["prompt_style"], scorer=methods["scorer"],
+                      seeds={name: len(items) for name, items in split.items()})
     journal = Journal(out / ".journal" / f"{leaf_key(leaf.name)}.jsonl", _fingerprint(cfg, teacher, leaf))
     if journal.restarted:
         stats.notes.append("the leaf or the generation settings changed since the last run: started afresh")
     run = _Run(teacher, cfg, leaf, journal, stats, display)
-    if leaf.kind == "knowledge":
-        chunks = _knowledge_chunks(leaf, teacher, cfg, stats)
-        samples = knowledge_pipeline(run, chunks) if chunks else []
+    seeds = split["train"]
+    chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
+    lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)
+    if not seeds or (leaf.kind == "knowledge" and not chunks):
+        items = {}
+        stats.notes.append("nothing to generate from: no visible seed examples" if not seeds else "no chunks")
+    elif lengths[0] > cfg.max_tokens:
+        # answers like the seeds' would all be cut off (and dropped as truncated): do not spend the time
+        items = {}
+        stats.notes.append(f"not generated: even the shortest seed answer has {lengths[0]} teacher tokens, over "
+                           f"max_tokens={cfg.max_tokens}; raise --max-tokens to generate for this leaf (its seeds "
+                           "are still trained on)")
+    elif methods["prompt_style"] == "fewshot":
+        items = fewshot_pipeline(run, seeds, chunks)
+    elif leaf.kind == "knowledge":
+        items = knowledge_pipeline(run, seeds, chunks)
     else:
-        samples = skills_pipeline(run)
+        items = skills_pipeline(run, seeds)
+    if cfg.gates:
+        profile = leaf_profile([(s["question"], s["answer"]) for s in seeds], task=leaf.task_description or "",
+                               documents=[c.text for c in chunks])
+        items = gate_stage(run, items, profile)
+    if methods["scorer"] == "likelihood":
+        items = likelihood_stage(run, items)
+    elif methods["scorer"] == "judge":
+        items = (knowledge_judges if leaf.kind == "knowledge" else skills_judges)(run, items)
+    samples = [{"unit": key, **item} for key, item in items.items()]
+    # against every seed, held-out ones included: a generated near-copy of a test question would leak it
     keep = remove_near_duplicates([s["question"] for s in samples], cfg.rouge_threshold, seed_questions(leaf))
     stats.duplicates = len(samples) - len(keep)
     samples = [samples[i] for i in keep]
@@ -482,7 +566,15 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display) 
     stats.kept = len(samples)
     for sample in samples:
         sample.update(leaf=leaf.name, kind=leaf.kind)
-    return samples, stats
+    return samples, stats, [c.text for c in chunks]
+
+
+def make_sdg_teacher(cfg: GenerateConfig):
+    """The teacher that `cfg` names (model, URL, backend, batch and prefix-cache settings)."""
+    from mlxlab.teacher import make_teacher
+
+    return make_teacher(cfg.teacher, url=cfg.teacher_url, backend=cfg.teacher_backend,
+                        batch_size=cfg.batch_size or None, prefix_cache=cfg.prefix_cache, concurrency=cfg.concurrency)
 
 
 def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_url: str | None = None,
@@ -496,10 +588,9 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     import dataclasses
 
     from mlxlab.config import resolve, save_resolved
-    from mlxlab.teacher import make_teacher
 
     given = dataclasses.asdict(config) if config else {}
-    instance = teacher if hasattr(teacher, "generate") else None     # a Teacher, or anything shaped like one
+    instance = teacher if teacher is not None and not isinstance(teacher, (str, Path)) else None  # a Teacher
     given.update({k: v for k, v in dict(taxonomy=taxonomy, teacher=None if instance else teacher,
                                         teacher_url=teacher_url, output=output, **overrides).items()
                   if v is not None})
@@ -509,26 +600,29 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(out / "config.yaml", cfg)
     start = time.perf_counter()
-    teacher = instance or make_teacher(cfg.teacher, url=cfg.teacher_url, backend=cfg.teacher_backend,
-                                       batch_size=cfg.batch_size or None, prefix_cache=cfg.prefix_cache,
-                                       concurrency=cfg.concurrency)
+    teacher = instance or make_sdg_teacher(cfg)
+    from mlxlab.datasets import split_seeds, write_datasets
+
+    methods = choose_methods(teacher, cfg)
+    splits = {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction, valid_fraction=cfg.valid_fraction,
+                                     seed=cfg.seed) for leaf in tax.leaves}
     by_leaf: dict[str, list[dict]] = {}
+    documents: dict[str, list[str]] = {}
     all_stats: list[LeafStats] = []
     with _Display(cfg.quiet) as display:
         for leaf in tax.leaves:
-            samples, stats = _run_leaf(leaf, teacher, cfg, out, display)
+            samples, stats, documents[leaf.name] = _run_leaf(leaf, teacher, cfg, out, display, methods,
+                                                             splits[leaf.name])
             by_leaf[leaf.name] = samples
             all_stats.append(stats)
             _atomic_write(out / "generated" / f"{leaf_key(leaf.name)}.jsonl",
                           "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-    from mlxlab.datasets import write_datasets
-
-    files = write_datasets(out, tax.leaves, by_leaf, cfg)
+    files = write_datasets(out, tax.leaves, by_leaf, cfg, splits=splits, documents=documents)
     seconds = time.perf_counter() - start
     tokens = sum(s.tokens for s in all_stats)
     gen_seconds = sum(s.seconds for s in all_stats)
     report = {"taxonomy": str(cfg.taxonomy), "teacher": str(teacher.model_ref or "smollm2"),
-              "backend": teacher.backend, "seed": cfg.seed, "seconds": round(seconds, 2),
+              "backend": teacher.backend, "seed": cfg.seed, "seconds": round(seconds, 2), "methods": methods,
               "generated_tokens": tokens, "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds else 0.0,
               "files": {k: str(v) for k, v in files.items() if v}, "leaves": [dataclasses.asdict(s) for s in all_stats]}
     report_path = _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")

@@ -102,6 +102,12 @@ def plan_prefixes(sequences: list[list[int]], *, ratio: float = 0.5) -> list[int
     return [n if n >= MIN_SHARED_PREFIX else 0 for n in lengths]
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str | None:
+    """`text` up to the earliest of the `stop` strings, or None when none occurs."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[:min(hits)] if hits else None
+
+
 def default_batch_size() -> int:
     """Sequences decoded together on MLX: 32, or 16 on machines with less than 16 GB of memory.
 
@@ -277,9 +283,129 @@ class Teacher:
         by_text = {self._tokenizer.decode([t]): c for t, c in zip(firsts, choices)}
         return [by_text.get(c.text) for c in out]
 
+    def complete(self, texts: list[str], *, stop: list[str] | tuple[str, ...] = (), temperature: float = 0.7,
+                 top_p: float = 0.95, max_tokens: int = 256, seed: int = 0, seeds: list[int] | None = None,
+                 progress: Progress | None = None) -> list[Completion]:
+        """One continuation of each raw text (no chat template), cut before the first of the `stop` strings.
+
+        Small models continue a pattern (`Q: … A: …` lines) far more reliably than they follow instructions;
+        this is the call the few-shot SDG style uses. Seeding works as in `generate`.
+        """
+        if seeds is not None and len(seeds) != len(texts):
+            raise ValueError(f"seeds has {len(seeds)} entries for {len(texts)} texts")
+        if not texts:
+            return []
+        stop = tuple(s for s in stop if s)
+        keys = [completion_seed(seeds[i] if seeds is not None else seed, [{"text": t}]) for i, t in enumerate(texts)]
+        start = time.perf_counter()
+        if self.backend == "mlx":
+            if self._model is None:
+                raise MlxlabError("this teacher was closed; make a new Teacher")
+            encoded = [list(self._tokenizer.encode(t)) for t in texts]
+            samplers = [_greedy_sampler() if temperature <= 0 else _seeded_sampler(temperature, top_p, k)
+                        for k in keys]
+            out = self._run_batches(encoded, samplers, max_tokens, progress, stop)
+        elif self.backend == "openai":
+            def one(i):
+                completion = self._request_text(texts[i], stop, temperature, top_p, max_tokens, keys[i])
+                if progress:
+                    progress(1, completion.tokens)
+                return completion
+
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                out = list(pool.map(one, range(len(texts))))
+        else:
+            if self._llama is None:
+                raise MlxlabError("this teacher was closed; make a new Teacher")
+            out = []
+            for text, key in zip(texts, keys):
+                reply = self._llama.create_completion(prompt=text, stop=list(stop) or None, temperature=temperature,
+                                                      top_p=top_p, max_tokens=max_tokens, seed=key)
+                choice = reply["choices"][0]
+                tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
+                self.stats.generated_tokens += tokens
+                out.append(Completion(cut_at_stop(choice.get("text") or "", stop) or choice.get("text") or "",
+                                      tokens, "length" if choice.get("finish_reason") == "length" else "stop"))
+                if progress:
+                    progress(1, tokens)
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.completions += len(out)
+        return out
+
+    def can_score(self) -> bool:
+        """True when `loglikelihood` works on this backend (in-process MLX)."""
+        return self.backend == "mlx" and self._model is not None
+
+    def num_parameters(self) -> int | None:
+        """Parameters of an in-process MLX model (4-bit weights counted unpacked), else None (unknown)."""
+        if self.backend != "mlx" or self._model is None:
+            return None
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        total = 0
+        for _name, module in self._model.named_modules():
+            bits = getattr(module, "bits", None)
+            for key, value in tree_flatten(module.parameters()):
+                if "." in key:
+                    continue                # a child module's parameter: counted with that module
+                if key == "weight" and value.dtype == mx.uint32 and bits:
+                    total += value.size * 32 // bits
+                elif mx.issubdtype(value.dtype, mx.floating) and not (bits and key in ("scales", "biases")):
+                    total += value.size
+        return total
+
+    def loglikelihood(self, pairs: list[tuple[str, str]], *, batch_size: int = 8,
+                      progress: Progress | None = None) -> list[tuple[float, int]]:
+        """(sum of log p(continuation | prefix), continuation tokens) for each raw-text (prefix, continuation).
+
+        The likelihood scorer of SDG is built on this: it needs no written verdict, so it works with
+        teachers far too small to judge. One forward pass per pair, batched by length.
+        """
+        if not self.can_score():
+            raise MlxlabError(f"log-likelihood scoring needs the in-process mlx teacher, not {self.backend}",
+                              hint="use --scorer judge (or auto) with this teacher")
+        import mlx.core as mx
+        import numpy as np
+
+        encoded = []
+        for prefix, continuation in pairs:
+            head = list(self._tokenizer.encode(prefix)) if prefix else []
+            full = list(self._tokenizer.encode(prefix + continuation))
+            # a merge across the boundary moves it left: count every token after the common part
+            boundary = min(shared_prefix_length([head, full]), len(full) - 1) if head else 0
+            if not head:    # no prefix: the first token has no prediction; score from the second
+                boundary = 1 if len(full) > 1 else 0
+            encoded.append((full, max(boundary, 1)))
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]))
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            width = max(len(encoded[i][0]) for i in chunk)
+            array = np.zeros((len(chunk), width), np.int32)
+            for r, i in enumerate(chunk):
+                array[r, :len(encoded[i][0])] = encoded[i][0]
+            tokens = mx.array(array)
+            logits = self._model(tokens[:, :-1]).astype(mx.float32)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            picked = mx.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+            picked = np.array(picked)
+            for r, i in enumerate(chunk):
+                full, boundary = encoded[i]
+                values = picked[r, boundary - 1:len(full) - 1]
+                out[i] = (float(values.sum()), int(values.size))
+            self.stats.prompt_tokens += int(array.size)
+            if progress:
+                progress(len(chunk), 0)
+        return out
+
     def _run_batches(self, sequences: list[list[int]], samplers: list, max_tokens: int,
-                     progress: Progress | None) -> list[Completion]:
-        """Decode token sequences in fixed chunks of `batch_size`, reusing the prefilled shared prefix."""
+                     progress: Progress | None, stop: tuple[str, ...] = ()) -> list[Completion]:
+        """Decode token sequences in fixed chunks of `batch_size`, reusing the prefilled shared prefix.
+
+        A sequence whose text reaches one of the `stop` strings ends there (cut before it) and leaves the
+        batch, so the others decode on without it.
+        """
         import mlx.core as mx
         from mlx_lm.generate import BatchGenerator
 
@@ -309,14 +435,20 @@ class Teacher:
                 while responses := gen.next_generated():
                     if first_token is None:
                         first_token = time.perf_counter() - started
-                    done = 0
+                    done, stopped = 0, []
                     for r in responses:
                         if r.finish_reason != "stop":
                             tokens[r.uid].append(r.token)
-                        if r.finish_reason is not None:
+                        text = self._tokenizer.decode(tokens[r.uid]) if (stop or r.finish_reason) else ""
+                        cut = cut_at_stop(text, stop) if stop else None
+                        if cut is not None and r.finish_reason is None:
+                            stopped.append(r.uid)
+                        if r.finish_reason is not None or cut is not None:
                             done += 1
-                            results[by_uid[r.uid]] = Completion(self._tokenizer.decode(tokens[r.uid]),
-                                                                len(tokens[r.uid]), r.finish_reason)
+                            results[by_uid[r.uid]] = Completion(text if cut is None else cut, len(tokens[r.uid]),
+                                                                "stop" if cut is not None else r.finish_reason)
+                    if stopped:
+                        gen.remove(stopped)
                     self.stats.generated_tokens += len(responses)
                     if progress:
                         progress(done, len(responses))
@@ -329,20 +461,21 @@ class Teacher:
 
     # openai ---------------------------------------------------------------------------------------------
 
-    def _endpoint(self) -> str:
+    def _endpoint(self, path: str = "chat/completions") -> str:
         base = self.url.rstrip("/")
-        if base.endswith("/chat/completions"):
-            return base
-        return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        for known in ("/chat/completions", "/completions"):
+            if base.endswith(known):
+                base = base[:-len(known)]
+        return base + (f"/{path}" if base.endswith("/v1") else f"/v1/{path}")
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict, path: str = "chat/completions") -> dict:
         """POST `body`, retrying connection failures, 429 and 5xx with exponential backoff."""
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env, "").strip()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(body).encode()
-        endpoint = self._endpoint()
+        endpoint = self._endpoint(path)
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
@@ -384,6 +517,24 @@ class Teacher:
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.generated_tokens += tokens
         return Completion(text, tokens, "length" if finish == "length" else "stop")
+
+    def _request_text(self, text: str, stop: tuple[str, ...], temperature: float, top_p: float, max_tokens: int,
+                      seed: int) -> Completion:
+        body = {"model": str(self.model_ref or "default"), "prompt": text, "temperature": temperature,
+                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
+        if stop:
+            body["stop"] = list(stop)
+        reply = self._post(body, path="completions")
+        try:
+            choice = reply["choices"][0]
+            value = choice.get("text") or ""
+            finish = choice.get("finish_reason") or "stop"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return Completion("", 0, "error")
+        tokens = int((reply.get("usage") or {}).get("completion_tokens") or self.count_tokens(value))
+        with self._lock:
+            self.stats.generated_tokens += tokens
+        return Completion(cut_at_stop(value, stop) or value, tokens, "length" if finish == "length" else "stop")
 
     def _generate_openai(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
         def one(job):

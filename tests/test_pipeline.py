@@ -137,7 +137,7 @@ def test_sigkill_during_train_then_rerun_resumes(tiny_run, tiny_llama, tmp_path)
         (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, tmp_path / name)
     shutil.copytree(src / "runs", tmp_path / "runs")          # a copied run folder is still finished
     # more iterations: the train stage's inputs change, so it runs (and can be killed) while the others wait
-    command = _cli(tmp_path, tiny_llama, "--num-iters", "200", "--save-every", "5", "--quiet")
+    command = _cli(tmp_path, tiny_llama, "--num-iters", "200", "--save-every", "5", "--patience", "0", "--quiet")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "runs" / "tiny" / "adapters" / "checkpoints"
     deadline = time.time() + 300
@@ -175,6 +175,39 @@ def test_settings_precedence(tmp_path):
     assert tr.save_every == plan.run.save_every                                        # run sizing
     assert ev.k == 2 and ev.test == str(tmp_path / "runs" / "x" / "data" / "test.jsonl")
     assert plan.model == "smollm2" and gen.teacher == "smollm2"
+
+
+def test_epochs_or_iterations_from_any_level(tmp_path):
+    # a run trains by epochs by default; the file's train section may give either length, and it replaces both
+    plan = plan_run("x", runs_dir=tmp_path / "runs", config_file=None)
+    assert plan.configs["train"].num_epochs == plan.run.num_epochs and plan.configs["train"].num_iters is None
+    assert plan.configs["train"].keep_best and plan.configs["train"].patience == plan.run.patience
+    (tmp_path / "e.yaml").write_text("train:\n  num_epochs: 1.5\n")
+    tr = plan_run("x", runs_dir=tmp_path / "runs", config_file=tmp_path / "e.yaml").configs["train"]
+    assert tr.num_epochs == 1.5 and tr.num_iters is None
+    (tmp_path / "i.yaml").write_text("train:\n  num_iters: 12\n")
+    tr = plan_run("x", runs_dir=tmp_path / "runs", config_file=tmp_path / "i.yaml").configs["train"]
+    assert tr.num_iters == 12 and tr.num_epochs is None
+    tr = plan_run("x", runs_dir=tmp_path / "runs", config_file=None, num_iters=30).configs["train"]
+    assert tr.num_iters == 30 and tr.num_epochs is None
+    tr = plan_run("x", runs_dir=tmp_path / "runs", config_file=None, train={"num_epochs": 3}).configs["train"]
+    assert tr.num_epochs == 3 and tr.num_iters is None
+
+
+@pytest.mark.slow
+def test_run_trains_by_epochs_from_the_config_file(tiny_llama, smollm2_dir, tmp_path):
+    make_taxonomy(tmp_path / "taxonomy")
+    (tmp_path / "mlxlab.yaml").write_text(CONFIG.replace("  num_iters: 6\n", "").replace("train:\n", "train:\n  num_epochs: 2\n"))
+    result = run("ep", runs_dir=tmp_path / "runs", taxonomy=tmp_path / "taxonomy", model=tiny_llama,
+                 config_file=tmp_path / "mlxlab.yaml", quiet=True, stages=["validate", "generate", "train"],
+                 patience=0)
+    figures = result.stages["train"]["figures"]
+    train_records = len((tmp_path / "runs" / "ep" / "data" / "train.jsonl").read_text().splitlines())
+    assert figures["num_epochs"] == pytest.approx(2.0) and figures["num_iters"] == 2 * -(-train_records // 2)
+    assert figures["best_iter"] is not None and "lowest" in figures["best_reason"]
+    assert figures["general_base_loss"] > 0          # the base model's own answers, held out
+    data = tmp_path / "runs" / "ep" / "data"
+    assert (data / "replay.jsonl").is_file() and (data / "general_valid.jsonl").is_file()
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

@@ -3,6 +3,7 @@ teacher, kill-and-resume equality with a real subprocess, the invalid-taxonomy e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -187,7 +188,7 @@ def _leaf_stub(tmp_path):
 
 def test_datasets_from_scripted_samples(tmp_path):
     from mlxlab.config import GenerateConfig
-    from mlxlab.datasets import stats, write_datasets
+    from mlxlab.datasets import split_seeds, stats, write_datasets
 
     leaves = _leaf_stub(tmp_path)
     kinds = {leaf.kind: leaf.name for leaf in leaves}
@@ -200,19 +201,55 @@ def test_datasets_from_scripted_samples(tmp_path):
                                                        {"role": "assistant", "content": "ok"}]}) + "\n"
                               for i in range(20)))
     cfg = GenerateConfig(valid_fraction=0.2, replay=str(replay), replay_ratio=0.5, distractors=2)
+    documents = {kinds["knowledge"]: ["Mars is the fourth planet.", "Mars has two moons."]}
     files = write_datasets(tmp_path / "out", leaves, {kinds["freeform_skill"]: skills,
-                                                      kinds["knowledge"]: knowledge}, cfg)
-    train, valid = stats(files["train"]), stats(files["valid"])
-    assert train["records"] + valid["records"] == 12 + train["by_source"].get("replay", 0)
-    assert valid["records"] >= 1 and train["by_source"]["replay"] == round(0.5 * (12 - valid["records"]))
+                                                      kinds["knowledge"]: knowledge}, cfg, documents=documents)
+    train, valid, test = stats(files["train"]), stats(files["valid"]), stats(files["test"])
+    # 5 skill seeds and 15 knowledge Q&A: a fifth of each held out, a fifth of the rest validation
+    assert test["by_leaf"] == {kinds["freeform_skill"]: 1, kinds["knowledge"]: 3}
+    splits = {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction, valid_fraction=0.2)
+              for leaf in leaves}
+    assert {k: len(v["valid"]) for k, v in splits.items()} == {kinds["freeform_skill"]: 1, kinds["knowledge"]: 2}
+    assert train["by_source"]["seed"] == 3 + 10 and valid["by_source"]["seed"] == 1 + 2
+    assert train["by_source"]["generated"] + valid["by_source"].get("generated", 0) == 12
+    assert train["by_source"]["replay"] == round(0.5 * (train["records"] - train["by_source"]["replay"]))
     phase1 = [json.loads(line) for line in files["knowledge_phase1"].read_text().splitlines()]
-    assert len(phase1) == 4 and phase1[0]["metadata"]["phase"] == 1
-    assert phase1[0]["messages"][0]["content"].startswith("chunk")
+    documents_in = [r for r in phase1 if r["metadata"]["source"] == "document"]
+    assert [r["text"] for r in documents_in] == documents[kinds["knowledge"]]
+    assert all(r["metadata"]["mask_prompt"] is False for r in documents_in)
+    generated1 = [r for r in phase1 if r["metadata"]["source"] == "generated"]
+    assert generated1 and all(r["messages"][0]["content"].startswith("chunk") for r in generated1)
     mixed = [json.loads(line) for line in (files["train"].read_text() + files["valid"].read_text()).splitlines()]
     k2 = [r for r in mixed if r["metadata"].get("phase") == 2]
     assert all(r["messages"][0]["content"].count("Document ") == 3 for r in k2)   # chunk + 2 distractors
-    test = stats(files["test"])
-    assert test["by_leaf"] == {kinds["freeform_skill"]: 5, kinds["knowledge"]: 15}
+    # the held-out split: no test question in any training or validation file, no validation item in phase 1
+    def questions(path):
+        return {json.loads(line)["messages"][0]["content"] for line in path.read_text().splitlines()
+                if "messages" in json.loads(line)}
+    heldout = questions(files["test"])
+    trained = questions(files["train"]) | questions(files["knowledge_phase1"])
+    assert heldout and not heldout & (trained | questions(files["valid"]))
+    assert not questions(files["valid"]) & trained
+    assert questions(tmp_path / "out" / "phase1" / "valid.jsonl") <= questions(files["valid"])
+    # the split is stable: the same leaves give the same test set, whatever else changes
+    again = write_datasets(tmp_path / "again", leaves, {}, dataclasses.replace(cfg, replay=None))
+    assert again["test"].read_text() == files["test"].read_text()
+
+
+def test_held_out_seeds_are_never_shown_to_the_teacher(tmp_path):
+    from mlxlab import sdg
+    from mlxlab.datasets import split_seeds
+
+    teacher = FewshotTeacher()
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    result = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
+                               allow_empty=True)
+    leaves = sdg._load_taxonomy(str(tax)).leaves
+    hidden = [it["question"] for leaf in leaves for name, items in split_seeds(
+        leaf, heldout_fraction=0.2, valid_fraction=0.15).items() if name != "train" for it in items]
+    assert hidden and teacher.prompts
+    assert not [q for q in hidden if any(q in prompt for prompt in teacher.prompts)]
+    assert len(result.test.read_text().splitlines()) == 1 + 3
 
 
 def test_invalid_taxonomy_reports_validator_messages(tmp_path):
@@ -351,7 +388,7 @@ class ScriptedTeacher:
             elif "Judge the question below" in user:                        # question judge
                 text = ("Fine. Score: 0" if "maple" in user else "[Start of Score]\n1\n[End of Score]")
             elif "Answer the question at the end" in user:                  # answers
-                text = "[Start of Answer]\nA quiet haiku.\n[End of Answer]"
+                text = "[Start of Answer]\nSoft steam and quiet light, the morning waves of the day.\n[End of Answer]"
             elif "Rate how well the answer" in user:                        # pair judge
                 text = "no idea at all" if "neon" in user else "[Start of Score]\n3\n[End of Score]"
             else:
@@ -367,22 +404,129 @@ def test_scripted_pipeline_counts_every_filter(tmp_path):
 
     teacher = ScriptedTeacher()
     tax = make_taxonomy(tmp_path / "taxonomy")
+    # a teacher of unknown size gets the LAB prompts and judges (auto); held-out seeds are not used
     result = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
-                               judge_mode="generate")
-    (leaf,) = json.loads(result.report.read_text())["leaves"]
+                               judge_mode="generate", heldout_fraction=0, valid_fraction=0)
+    report = json.loads(result.report.read_text())
+    assert report["methods"]["prompt_style"] == "lab" and report["methods"]["scorer"] == "judge"
+    (leaf,) = report["leaves"]
     funnel = {s["stage"]: (s["sent"], s["unparsed"], s["passed"]) for s in leaf["stages"]}
     # sea: garbage question; autumn: judged 0; city: unreadable pair verdict; coffee and mountain kept
-    assert funnel == {"questions": (5, 1, 4), "question_judge": (4, 0, 3), "answers": (3, 0, 3),
-                      "pair_judge": (3, 1, 2)}
+    assert funnel == {"questions": (5, 1, 4), "answers": (4, 0, 4), "gates": (4, 0, 4),
+                      "question_judge": (4, 0, 3), "pair_judge": (3, 1, 2)}
     assert leaf["kept"] == 2 and result.kept == {"compositional_skills/writing/haiku": 2}
-    lines = result.train.read_text().splitlines() + result.valid.read_text().splitlines()
-    assert len(lines) == 2 and all(json.loads(x)["metadata"]["scores"]["pair"] == "3" for x in lines)
+    lines = [json.loads(x) for x in result.train.read_text().splitlines() + result.valid.read_text().splitlines()]
+    generated = [x for x in lines if x["metadata"]["source"] == "generated"]
+    assert len(generated) == 2 and all(x["metadata"]["scores"]["pair"] == "3" for x in generated)
+    assert len(lines) == 2 + 5                                           # the five seeds are trained on too
     calls = teacher.calls
     again = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
-                              judge_mode="generate")
+                              judge_mode="generate", heldout_fraction=0, valid_fraction=0)
     assert teacher.calls == calls and again.kept == result.kept          # all from the journal
 
 
 def test_fallback_rejects_garbage():
     assert extract("\x00]]garbage[[", "Question", fallback=True) is None
     assert extract("?? 12 !!", "Question", fallback=True) is None
+
+
+# ---------------------------------------------------------------------------------------------- few-shot
+
+FEWSHOT_OUTPUTS = [
+    (" Write a haiku about a quiet library.\nA: Pages breathe in dust, whispers settle on the shelves, time folds "
+     "into books.", "stop"),
+    (" I'm ready to help! What's your next question?\nA: [SUBCKILL Question] here is the haiku you wanted", "stop"),
+    (" Write a haiku about rain on a window.\nA: The rain taps the glass and sings all night.\nThe rain taps the "
+     "glass and sings all night.\nThe rain taps the glass and sings all night.", "stop"),
+    (" Write a haiku about snow on the hills.\nA: Write a haiku about snow on the hills.", "stop"),
+    (" Write a haiku about the wind in pines.\nA: Needles hum and sway, the wind combs through", "length"),
+    (" nothing that follows the pattern", "stop"),
+    (" Write a haiku about an old harbor.\nA: Ropes creak on the pier, gulls argue over nets, the tide keeps "
+     "its time.", "stop"),
+    (" Write a haiku about a candle.\nA: A small flame leans east, wax tears gather in silence, the dark "
+     "waits outside.", "stop"),
+]
+
+
+class FewshotTeacher:
+    """A small in-process teacher, scripted: pattern continuations (junk included) and likelihoods."""
+
+    backend, model_ref, url, batch_size, concurrency = "scripted-small", "scripted-small", None, 4, 1
+
+    def __init__(self):
+        from mlxlab.teacher import GenerationStats
+
+        self.stats = GenerationStats()
+        self.prompts: list[str] = []
+        self.stops: list[tuple] = []
+        self.count = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def num_parameters(self) -> int:
+        return 135_000_000
+
+    def can_score(self) -> bool:
+        return True
+
+    def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
+        from mlxlab.teacher import Completion
+
+        out = []
+        for text in texts:
+            self.prompts.append(text)
+            self.stops.append(tuple(stop))
+            if text.rstrip().endswith("Q:") and "\nText:" in text:            # knowledge: ask about the chunk
+                reply = (" What is the largest volcano on Mars?\nA: Olympus Mons, the largest volcano in the "
+                         "solar system, stands on Mars.", "stop")
+            else:
+                reply = FEWSHOT_OUTPUTS[self.count % len(FEWSHOT_OUTPUTS)]
+                self.count += 1
+            out.append(Completion(reply[0], len(reply[0].split()), reply[1]))
+            if progress:
+                progress(1, len(reply[0].split()))
+        return out
+
+    def loglikelihood(self, pairs, progress=None, **_):
+        # full answers are "explained" by their question (a positive score), short ones are not
+        out = []
+        for prefix, continuation in pairs:
+            n = max(1, len(continuation.split()))
+            out.append((-n * (0.5 if n >= 8 else 2.0) if prefix != "A:" else -n * 1.5, n))
+        if progress:
+            progress(len(pairs), 0)
+        return out
+
+
+def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
+    from mlxlab import sdg
+
+    teacher = FewshotTeacher()
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    result = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=3, quiet=True,
+                               keep_fraction=1.0, chunk_tokens=40)
+    report = json.loads(result.report.read_text())
+    assert report["methods"]["prompt_style"] == "fewshot" and report["methods"]["scorer"] == "likelihood"
+    assert "135M" in report["methods"]["why"]
+    leaves = {leaf["kind"]: leaf for leaf in report["leaves"]}
+    skill = leaves["freeform_skill"]
+    assert [s["stage"] for s in skill["stages"]] == ["fewshot", "gates", "likelihood"]
+    fewshot, gates, likelihood = skill["stages"]
+    assert fewshot["sent"] == 3 * 3 and fewshot["unparsed"] == 1           # 3 training seeds x 3 attempts
+    # every kind of debris is removed by its own gate, each counted with an example
+    assert {"leakage", "repetition", "echo", "truncated"} <= set(gates["removed"])
+    assert skill["gate_examples"]["leakage"][0]["reason"]
+    assert gates["passed"] == fewshot["parsed"] - sum(gates["removed"].values())
+    # the pattern: task, seed blocks, then the open marker; one pair per completion
+    prompt = next(p for p in teacher.prompts if "haiku" in p)
+    assert prompt.startswith("Write a short haiku") and prompt.endswith("Q:") and prompt.count("\nA: ") == 3
+    assert "\nQ:" in teacher.stops[0]
+    kept = [json.loads(x) for x in (result.train.read_text() + result.valid.read_text()).splitlines()]
+    generated = [x for x in kept if x["metadata"]["source"] == "generated"]
+    assert generated and all(x["metadata"]["scores"]["likelihood"] > 0 for x in generated)
+    texts = " ".join(x["messages"][0]["content"] + x["messages"][1]["content"] for x in generated)
+    assert "SUBCKILL" not in texts and "taps the glass" not in texts and "snow on the hills" not in texts
+    knowledge = leaves["knowledge"]
+    assert knowledge["stages"][0]["stage"] == "fewshot" and knowledge["kept"] >= 1
+    assert any("Text: " in p and p.endswith("Q:") for p in teacher.prompts)

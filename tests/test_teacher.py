@@ -94,6 +94,30 @@ def test_mlx_batched_equals_one_at_a_time_and_prefix_cache(smollm2_dir):
     assert teacher.choose(prompts[:1], ["1", "10"]) is None              # same first token: cannot tell apart
 
 
+PATTERN = ("Questions and answers about geography.\n\nQ: What is the capital of France?\nA: Paris.\n\n"
+           "Q: What is the longest river in Africa?\nA: The Nile.\n\nQ:")
+
+
+def test_mlx_raw_continuation_stops_and_likelihood(smollm2_dir):
+    teacher = Teacher(smollm2_dir, batch_size=3, prefix_cache=False)
+    assert 120e6 < teacher.num_parameters() < 150e6 and teacher.can_score()
+    texts = [PATTERN, PATTERN.replace("geography", "rivers"), "Count: one, two, three,"]
+    out = teacher.complete(texts, stop=("\nQ:", "\n\n"), temperature=0.0, max_tokens=40)
+    assert all("\nQ:" not in c.text and "\n\n" not in c.text for c in out)
+    assert any(c.finish_reason == "stop" and c.tokens < 40 for c in out)
+    # a sequence that stops leaves the batch; the others decode on exactly as if alone
+    alone = [teacher.complete([t], stop=("\nQ:", "\n\n"), temperature=0.0, max_tokens=40)[0] for t in texts]
+    assert [c.text for c in alone] == [c.text for c in out]
+    sampled = teacher.complete(texts[:2], stop=("\nQ:",), temperature=0.8, max_tokens=24, seeds=[1, 2])
+    assert sampled == teacher.complete(texts[:2], stop=("\nQ:",), temperature=0.8, max_tokens=24, seeds=[1, 2])
+    # log p(answer | question) beats log p(answer) for a fitting answer, and loses for a misfit
+    (fit, n), (alone_fit, m), (misfit, _), (alone_misfit, _) = teacher.loglikelihood([
+        ("Q: What is the capital of Italy?\nA:", " Rome."), ("A:", " Rome."),
+        ("Q: What is the capital of Italy?\nA:", " Bananas are yellow."), ("A:", " Bananas are yellow.")])
+    assert n == m == len(teacher.tokenizer.encode(" Rome.")) and fit < 0
+    assert fit / n - alone_fit / m > misfit / 4 - alone_misfit / 4
+
+
 @pytest.fixture(scope="module")
 def llama_server(smollm2_gguf, tmp_path_factory):
     """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving the embedded GGUF (1 thread)."""
@@ -138,6 +162,9 @@ def test_openai_backend_against_a_real_server(llama_server, monkeypatch):
     assert teacher.stats.generated_tokens == sum(c.tokens for cs in out for c in cs)
     # seeded per completion on the server too: the same request gives the same text
     assert teacher.generate(_prompts(1), temperature=0.7, max_tokens=8, seed=4)[0][0].text == out[0][0].text
+    # raw continuation through /v1/completions, cut at the stop string
+    (completion,) = teacher.complete([PATTERN], stop=("\nQ:",), temperature=0.0, max_tokens=24)
+    assert completion.text.strip() and "\nQ:" not in completion.text and completion.tokens > 0
 
 
 @pytest.mark.slow
@@ -145,6 +172,9 @@ def test_llama_cpp_backend_in_process(smollm2_gguf):
     teacher = Teacher(smollm2_gguf, backend="llama-cpp", n_ctx=1024)
     out = teacher.generate(_prompts(2), temperature=0.0, max_tokens=6)
     assert all(c[0].text and c[0].tokens <= 6 for c in out)
+    (completion,) = teacher.complete([PATTERN], stop=("\nQ:",), temperature=0.0, max_tokens=24)
+    assert completion.text.strip() and "\nQ:" not in completion.text
+    assert not teacher.can_score() and teacher.num_parameters() is None
     assert teacher.count_tokens("hello world") >= 2
     teacher.close()
 

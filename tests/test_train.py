@@ -287,3 +287,79 @@ def test_phases_file_errors_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(MlxlabError) as err:
         read_phases(path)
     assert err.value.line == line and message in str(err.value) and str(err.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- best checkpoint
+
+def test_select_best_prefers_validation_within_the_forgetting_tolerance():
+    from mlxlab.train import select_best
+
+    rows = [{"iter": 0, "val_loss": 3.0, "general_loss": 1.0}, {"iter": 10, "val_loss": 2.0, "general_loss": 1.02},
+            {"iter": 20, "val_loss": 1.9, "general_loss": 1.2}, {"iter": 30, "val_loss": 2.5, "general_loss": 1.0}]
+    best, reason = select_best(rows, reference=1.0, tolerance=0.05)
+    assert best["iter"] == 10
+    assert "iteration 20" in reason and "forgot too much" in reason and "+20.0%" in reason
+    assert select_best(rows, reference=1.0, tolerance=0.5)[0]["iter"] == 20
+    assert select_best(rows, reference=None, tolerance=0.05)[0]["iter"] == 20          # no reference: no guard
+    # without an in-domain validation set the least forgetting wins
+    general_only = [{"iter": r["iter"], "general_loss": r["general_loss"]} for r in rows]
+    assert select_best(general_only, reference=1.0, tolerance=0.05)[0]["iter"] == 0
+    assert select_best([], reference=None, tolerance=0.05) == (None, "no evaluated checkpoint")
+
+
+def test_keep_best_and_early_stopping_watch_both_validation_sets(tiny_llama, chat_data, tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    import mlxlab.train as train_module
+
+    general = write_chat(tmp_path / "general", train=6, valid=0, seed=7) / "train.jsonl"
+    # scripted losses per evaluation (iterations 0, 2, 4, ...): validation keeps falling, but from iteration 6
+    # on the general loss is 20% above the base's: the best is iteration 4, and patience 2 stops at 8
+    val = iter([3.0, 2.5, 2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4])
+    gen = iter([1.0, 1.01, 1.02, 1.2, 1.3, 1.3, 1.3, 1.3, 1.3])
+    monkeypatch.setattr(train_module, "_validate",
+                        lambda model, dataset, cfg: next(gen if dataset.path == general else val))
+    result = train_module.train(tiny_llama, chat_data, tmp_path / "run", num_iters=20, steps_per_eval=2,
+                                save_at=[4], general_valid=str(general), keep_best=True, patience=2, **FAST)
+    assert result.best_iter == 4 and result.stopped_early == 8
+    assert "iteration 4" in result.best_reason and "forgot too much" in result.best_reason
+    assert result.general_base_loss == 1.0 and result.general_loss == 1.02 and result.val_loss == 2.0
+    kept = mx.load(str(tmp_path / "run" / "adapters.safetensors"))
+    at4 = mx.load(str(result.checkpoints[4] / "adapters.safetensors"))
+    assert all(mx.array_equal(kept[k], at4[k]).item() for k in kept)
+    rows = [r for r in _log(result.log) if "general_loss" in r]
+    assert [r["iter"] for r in rows] == [0, 2, 4, 6, 8]
+    assert max(r["iter"] for r in _log(result.log) if "loss" in r) == 8
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["best_iter"] == 4 and saved["stopped_early"] == 8
+
+
+def test_text_records_and_per_record_mask_prompt(tiny_llama, tmp_path):
+    from mlx_lm import load
+
+    from mlxlab.data import read_jsonl, tokenize
+
+    _, tokenizer = load(str(tiny_llama))
+    path = tmp_path / "mixed.jsonl"
+    chat = {"messages": [{"role": "user", "content": "What is a port?"},
+                         {"role": "assistant", "content": "Where a service listens."}]}
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"text": "A document chunk about ports.", "metadata": {"source": "document"}},
+        chat, {**chat, "metadata": {"mask_prompt": False}}]) + "\n")
+    data = tokenize(read_jsonl(path), tokenizer, path=path, max_seq_length=512, mask_prompt=True)
+    (text, text_offset), (masked, masked_offset), (whole, whole_offset) = data.samples
+    assert text_offset == 0 and text[-1] == tokenizer.eos_token_id
+    assert masked == whole and masked_offset > 0 and whole_offset == 0
+
+
+def test_unknown_roles_and_missing_replies_are_file_line_errors(tmp_path):
+    from mlxlab.data import read_jsonl
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
+                   '{"messages": [{"role": "wizard", "content": "abracadabra"}]}\n')
+    with pytest.raises(MlxlabError, match=r"bad.jsonl:2.*role 'wizard'"):
+        read_jsonl(bad)
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(MlxlabError, match="no assistant message"):
+        read_jsonl(bad)

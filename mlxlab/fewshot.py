@@ -1,0 +1,86 @@
+"""The few-shot SDG style: a leaf's seed examples laid out as a pattern that the teacher simply continues.
+
+Small models follow patterns far better than meta-instructions: with SmolLM2-135M the LAB role prompts gave
+template debris, while the task description plus a few seed pairs as `Q: … A: …` blocks, ending in `Q:`,
+gave on-task pairs. Each completion writes one new pair and stops at the next block's marker. Prompts for
+the same seed example share their whole prefix (the same shots in the same order), so the teacher's prefix
+cache prefills it once.
+
+Layouts (each block separated by a blank line):
+- freeform skill: task description, then `Q: question` / `A: answer` blocks, then `Q:`
+- grounded skill: task description, then `Context: …` / `Q: …` / `A: …` blocks, then `Context:`
+- knowledge: document outline, then `Text: seed context` with its `Q:`/`A:` pairs, then
+  `Text: chunk` and `Q:`
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+# bump when a layout changes: journals of the old layout are set aside
+LAYOUT_VERSION = 1
+SHOTS = 4                    # seed examples shown per skill prompt
+KNOWLEDGE_PAIRS = 3          # seed Q&A shown per knowledge prompt (with their context)
+# where one new pair ends: the next block's marker (a grounded pair's own Q: is inside its block)
+STOPS = {"skill": ("\nQ:", "\nText:", "\nContext:"), "grounded": ("\nContext:", "\nText:"),
+         "knowledge": ("\nQ:", "\nText:")}
+
+
+def _block(question: str, answer: str, context: str | None = None) -> str:
+    head = f"Context: {context.strip()}\n" if context is not None else ""
+    return f"{head}Q: {question.strip()}\nA: {answer.strip()}\n\n"
+
+
+def shots_for(seeds: list[dict], index: int, *, seed: int, leaf: str, shots: int = SHOTS) -> list[dict]:
+    """Up to `shots` seed examples for prompts built around seed `index`: others in a stable shuffled order,
+    seed `index` last (the nearest example steers the continuation most)."""
+    others = [s for i, s in enumerate(seeds) if i != index]
+    random.Random(f"{seed}\0{leaf}\0{index}").shuffle(others)
+    return [*others[:max(0, shots - 1)], seeds[index]]
+
+
+def skill_prompt(task: str, shots: list[dict], *, grounded: bool = False) -> str:
+    """The pattern text for a skill leaf; the teacher continues after the final marker."""
+    body = "".join(_block(s["question"], s["answer"], s.get("context", "") if grounded else None) for s in shots)
+    return f"{task.strip()}\n\n{body}" + ("Context:" if grounded else "Q:")
+
+
+def knowledge_prompt(outline: str, example: dict, chunk: str) -> str:
+    """The pattern text for a knowledge leaf: a seed context with its Q&A, then the chunk to ask about."""
+    pairs = "".join(_block(qa["question"], qa["answer"]) for qa in example["qas"][:KNOWLEDGE_PAIRS])
+    return (f"{outline.strip()}\n\nText: {example['context'].strip()}\n\n{pairs}"
+            f"Text: {chunk.strip()}\n\nQ:")
+
+
+def parse_pair(text: str, *, grounded: bool = False) -> dict | None:
+    """{question, answer (, context)} from one continuation, or None when the pattern is not there."""
+    if not isinstance(text, str):
+        return None
+    fields = {}
+    if grounded:
+        match = re.match(r"\s*(.+?)\n\s*Q:\s*(.*)", text, re.DOTALL)
+        if match is None:
+            return None
+        fields["context"] = match.group(1).strip()
+        text = match.group(2)
+    match = re.match(r"\s*(.+?)\n\s*A:\s*(.+)", text, re.DOTALL)
+    if match is None:
+        return None
+    question, answer = match.group(1).strip(), match.group(2).strip()
+    if not question or not answer or (grounded and not fields["context"]):
+        return None
+    return {**fields, "question": question, "answer": answer}
+
+
+def score_texts(sample: dict) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(conditional, unconditional) (prefix, continuation) pairs for the likelihood scorer.
+
+    The score is log p(answer | grounding, question) - log p(answer), per answer token: how much the question
+    (and its chunk or context) explains the answer. Debris that merely continues text scores near zero or
+    below; a fitting, grounded answer scores well above.
+    """
+    grounding = sample.get("chunk") or sample.get("context") or ""
+    head = f"Text: {grounding.strip()}\n\n" if grounding else ""
+    answer = " " + sample["answer"].strip()
+    return (f"{head}Q: {sample['question'].strip()}\nA:", answer), ("A:", answer)
