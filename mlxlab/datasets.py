@@ -140,31 +140,32 @@ def general_prompts(path: str | Path | None = None) -> list[str]:
     return [p.strip() for p in prompts]
 
 
-def self_replay(teacher, output: str | Path, *, prompts: list[str] | None = None, valid_fraction: float = 0.4,
-                max_tokens: int = 96, seed: int = 0) -> tuple[Path, Path]:
-    """(replay.jsonl, general_valid.jsonl): the base model's own answers to generic prompts.
+GENERAL_VALID = Path(__file__).parent / "prompts" / "general_valid.jsonl"
 
-    Trained on, they hold the student near what it already does well (a replay buffer that needs no
-    downloaded data); held out, their loss measures forgetting: it rises as soon as training pulls the model
-    away from its general behaviour. `teacher` is a `Teacher` on the *student* base model. An answer cut at
-    `max_tokens` keeps its complete sentences (the end of the turn then follows a finished sentence).
+
+def self_replay(teacher, output: str | Path, *, prompts: list[str] | None = None, max_tokens: int = 96,
+                seed: int = 0) -> Path:
+    """`output/replay.jsonl`: the base model's own answers to generic prompts, a replay buffer for training.
+
+    Mixed into training, they hold the student near what it already does well, with no downloaded data.
+    `teacher` is a `Teacher` on the *student* base model. An answer cut at `max_tokens` keeps its complete
+    sentences (the end of the turn then follows a finished sentence). Forgetting itself is measured on
+    hand-written general chat (`GENERAL_VALID`), not on these answers: the model's own greedy text has so low
+    a loss that any training looks like forgetting there.
     """
     prompts = prompts or general_prompts()
     replies = teacher.generate([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
                                max_tokens=max_tokens, seed=seed)
-    train, valid = [], []
+    records = []
     for prompt, (reply, *_) in zip(prompts, replies):
         text = reply.text.strip()
         if reply.finish_reason == "length":
             ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
             text = text[:ends[-1]] if ends and ends[-1] > len(text) // 3 else ""
-        if not text:
-            continue
-        record = {"messages": _msgs(prompt, text), "metadata": {"source": "replay", "leaf": "general",
-                                                                "unit": prompt}}
-        (valid if _fraction("replay", seed, prompt) < valid_fraction else train).append(record)
-    output = Path(output)
-    return write_jsonl(output / "replay.jsonl", train), write_jsonl(output / "general_valid.jsonl", valid)
+        if text:
+            records.append({"messages": _msgs(prompt, text), "metadata": {"source": "replay", "leaf": "general",
+                                                                          "unit": prompt}})
+    return write_jsonl(Path(output) / "replay.jsonl", records)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

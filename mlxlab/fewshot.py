@@ -84,3 +84,23 @@ def score_texts(sample: dict) -> tuple[tuple[str, str], tuple[str, str]]:
     head = f"Text: {grounding.strip()}\n\n" if grounding else ""
     answer = " " + sample["answer"].strip()
     return (f"{head}Q: {sample['question'].strip()}\nA:", answer), ("A:", answer)
+
+
+def fewshot_pipeline(run, seeds: list[dict], chunks: list) -> dict[str, dict]:
+    """The few-shot style (`mlxlab.fewshot`): one new pair per continuation of the seeds' pattern."""
+    from mlxlab.sdg import _knowledge_units, knowledge_examples
+
+    cfg, leaf = run.cfg, run.leaf
+    n = cfg.samples_per_seed
+    if leaf.kind == "knowledge":
+        examples = knowledge_examples(seeds)
+        return run.stage("fewshot", _knowledge_units(examples, chunks, n), lambda it: knowledge_prompt(
+            leaf.document_outline or "", examples[it["seed"]], it["chunk"]),
+            lambda text, _it: (parse_pair(text), True), stop=STOPS["knowledge"])
+    grounded = leaf.kind == "grounded_skill"
+    task = leaf.task_description or ""
+    items = {f"{i}/{k}": {"seed": i} for i in range(len(seeds)) for k in range(n)}
+    return run.stage("fewshot", items, lambda it: skill_prompt(
+        task, shots_for(seeds, it["seed"], seed=cfg.seed, leaf=leaf.name), grounded=grounded),
+        lambda text, _it: (parse_pair(text, grounded=grounded), True),
+        stop=STOPS["grounded" if grounded else "skill"])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mlxlab.config import (EvalConfig, ExportConfig, FuseConfig, GenerateConfig, ModelConfig, RunConfig,
                            TaxonomyConfig, TrainConfig, load_config, resolve, save_resolved, to_dict)
+from mlxlab.datasets import GENERAL_VALID
 from mlxlab.errors import MlxlabError
 
 STAGES = ("validate", "generate", "train", "fuse", "export", "eval")
@@ -223,10 +224,12 @@ def _inputs(stage: str, plan: _Plan) -> dict:
                     "replay": [plan.run.replay, plan.run.replay_ratio]}
         return {"files": files, "settings": settings}
     if stage == "train":
-        optional = (plan.data / "valid.jsonl", plan.data / "general_valid.jsonl", plan.data / "phase1")
+        optional = (plan.data / "valid.jsonl", plan.data / "phase1")
         files = _files(plan.dir, _need(plan.data / "train.jsonl", stage, "generate"),
                        *[p for p in optional if p.exists()])
-        return {"files": files, "settings": settings, "model": plan.model}
+        general = Path(plan.configs["train"].general_valid or GENERAL_VALID)
+        return {"files": files, "settings": settings, "model": plan.model,
+                "general_valid": file_hash(general) if general.is_file() else None}
     adapters = [plan.adapters / "adapters.safetensors", plan.adapters / "adapter_config.json"]
     if stage == "fuse":
         return {"files": _files(plan.dir, *(_need(p, stage, "train") for p in adapters)), "settings": settings,
@@ -264,13 +267,13 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     teacher = make_sdg_teacher(cfg)
     outputs = {}
     if plan.run.replay:
-        replay, general = plan.data / "replay.jsonl", plan.data / "general_valid.jsonl"
-        if not (resume and replay.is_file() and general.is_file()):
+        replay = plan.data / "replay.jsonl"
+        if not (resume and replay.is_file()):
             same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
             student = teacher if same else Teacher(plan.model, backend="mlx")
-            replay, general = self_replay(student, plan.data, seed=cfg.seed)
+            replay = self_replay(student, plan.data, seed=cfg.seed)
         cfg = dataclasses.replace(cfg, replay=str(replay), replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
-        outputs.update(replay=replay, general_valid=general)
+        outputs.update(replay=replay)
     result = generate_data(config=cfg, teacher=teacher)
     outputs.update(train=result.train, valid=result.valid, test=result.test, report=result.report)
     if result.knowledge_phase1:
@@ -291,9 +294,8 @@ def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.train import checkpoints, train
 
     cfg = plan.configs["train"]
-    general = plan.data / "general_valid.jsonl"
-    if cfg.general_valid is None and general.is_file():
-        cfg = dataclasses.replace(cfg, general_valid=str(general))
+    if cfg.general_valid is None:           # forgetting is watched on hand-written general chat (package data)
+        cfg = dataclasses.replace(cfg, general_valid=str(GENERAL_VALID))
     folders = [plan.adapters, *sorted(plan.adapters.glob("phase_*"))]
     done = {i: p for folder in folders for i, p in checkpoints(folder).items()} if resume else {}
     finished = resume and any(plan.adapters.glob("phase_*/result.json"))
