@@ -130,3 +130,51 @@ def chunk_documents(paths, count_tokens: Callable[[str], int], *, chunk_tokens: 
                                 overlap_tokens=overlap_tokens, source=str(path)):
             chunks.append(Chunk(chunk.text, chunk.source, len(chunks), chunk.tokens))
     return chunks
+
+
+# questions made from a section heading: several phrasings, so the model learns the content, not one template
+_ASK = ("Explain {topic} ({title}).", "What should I know about {topic}? ({title})",
+        "Can you describe {topic}, as in {title}?", "Tell me about {topic} in the context of {title}.")
+
+
+def _unwrap(paragraph: str) -> str:
+    """A prose paragraph's hard-wrapped lines joined (code, lists and tables keep their lines)."""
+    lines = paragraph.splitlines()
+    if "```" in paragraph or any(re.match(r"\s*([-*+|>]|\d+\.)\s", line) for line in lines):
+        return paragraph
+    return " ".join(line.strip() for line in lines)
+
+
+def _heading_text(line: str) -> str:
+    return re.sub(r"^#+\s*|\s*#*\s*$", "", line).strip()
+
+
+def section_pairs(paths, *, max_words: int = 120) -> list[dict]:
+    """One {question, answer, source} per document section: a question made from the section's heading (and the
+    document's title), answered with the section's opening paragraphs — whole ones, about `max_words` words.
+
+    Knowledge that cannot be junk in the shape users ask for it: the answer is the documents' own text, in an
+    assistant turn after a question. A small teacher's Q&A about the same text is mostly invented.
+    """
+    out = []
+    for path in paths:
+        sections: dict[tuple[str, ...], list[str]] = {}
+        for trail, paragraph in _blocks(read_document(path)):
+            if len(trail) >= 2:                     # under a section of the document, not its introduction
+                sections.setdefault(trail, []).append(paragraph)
+        for trail, paragraphs in sections.items():
+            answer, words = [], 0
+            for paragraph in paragraphs:
+                count = len(paragraph.split())
+                if answer and words + count > max_words:
+                    break
+                answer.append(paragraph)
+                words += count
+            if words < 20:
+                continue
+            topic, title = _heading_text(trail[-1]), _heading_text(trail[0])
+            ask = _ASK[sum(map(ord, topic)) % len(_ASK)]
+            out.append({"question": ask.format(topic=topic[0].lower() + topic[1:], title=title),
+                        "answer": "\n\n".join(map(_unwrap, answer)), "source": f"{Path(path).name}: {topic}"})
+    return out
+

@@ -458,6 +458,15 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
         t = st["train"]
         rows.append(("train loss", f"{_fmt(t['final_loss'])} after {t['num_iters']} iterations "
                                    f"({t['num_epochs']:.2f} epochs), validation {_fmt(t['val_loss'])}"))
+        for n, phase in enumerate(t.get("phases") or [], start=1):
+            stop = f", stopped early at {phase['stopped_early']}" if phase.get("stopped_early") else ""
+            rows.append((f"  phase {n}", f"kept {phase.get('best_reason') or 'the last iteration'}{stop}"))
+        if not t.get("phases") and t.get("best_reason"):
+            rows.append(("  kept", t["best_reason"]))
+        if t.get("general_loss") is not None and t.get("general_base_loss"):
+            change = t["general_loss"] / t["general_base_loss"] - 1
+            rows.append(("general loss (forgetting)", f"base {_fmt(t['general_base_loss'])} -> kept "
+                                                      f"{_fmt(t['general_loss'])} ({change:+.1%})"))
     if "eval" in st:
         models = st["eval"]["models"]
         base, trained = models.get("base", {}), models.get("trained", {})

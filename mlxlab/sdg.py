@@ -357,6 +357,15 @@ def _load_taxonomy(root: str):
     return tax
 
 
+def _sections(leaf) -> list[dict]:
+    """A knowledge leaf's document sections as question/answer pairs (`chunking.section_pairs`)."""
+    from mlxlab.chunking import TEXT_SUFFIXES, section_pairs
+
+    if leaf.kind != "knowledge":
+        return []
+    return section_pairs([p for p in leaf.documents if Path(p).suffix.lower() in TEXT_SUFFIXES])
+
+
 def _knowledge_chunks(leaf, teacher, cfg: GenerateConfig, stats: LeafStats) -> list:
     from mlxlab.chunking import TEXT_SUFFIXES, chunk_documents
 
@@ -401,8 +410,9 @@ def choose_methods(teacher, cfg: GenerateConfig) -> dict:
 
 
 def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, methods: dict,
-              split: dict[str, list[dict]]) -> tuple[list[dict], LeafStats, list[str]]:
-    """Generate, gate, score and deduplicate one leaf; returns its kept samples, stats and document chunks.
+              split: dict[str, list[dict]]) -> tuple[list[dict], LeafStats, dict]:
+    """Generate, gate, score and deduplicate one leaf; returns its kept samples, stats and documents
+    ({"chunks": texts, "sections": question/answer pairs}).
 
     Only the leaf's training seeds (`split["train"]`) are shown to the teacher and the gates.
     """
@@ -453,7 +463,7 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     stats.kept = len(samples)
     for sample in samples:
         sample.update(leaf=leaf.name, kind=leaf.kind)
-    return samples, stats, [c.text for c in chunks]
+    return samples, stats, {"chunks": [c.text for c in chunks], "sections": _sections(leaf) if cfg.document_qa else []}
 
 
 def make_sdg_teacher(cfg: GenerateConfig):
@@ -494,7 +504,7 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     splits = {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction, valid_fraction=cfg.valid_fraction,
                                      seed=cfg.seed) for leaf in tax.leaves}
     by_leaf: dict[str, list[dict]] = {}
-    documents: dict[str, list[str]] = {}
+    documents: dict[str, dict] = {}
     all_stats: list[LeafStats] = []
     with _Display(cfg.quiet) as display:
         for leaf in tax.leaves:

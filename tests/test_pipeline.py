@@ -200,7 +200,7 @@ def test_run_trains_by_epochs_from_the_config_file(tiny_llama, smollm2_dir, tmp_
     (tmp_path / "mlxlab.yaml").write_text(CONFIG.replace("  num_iters: 6\n", "").replace("train:\n", "train:\n  num_epochs: 2\n"))
     result = run("ep", runs_dir=tmp_path / "runs", taxonomy=tmp_path / "taxonomy", model=tiny_llama,
                  config_file=tmp_path / "mlxlab.yaml", quiet=True, stages=["validate", "generate", "train"],
-                 patience=0)
+                 patience=0, replay=True)
     figures = result.stages["train"]["figures"]
     train_records = len((tmp_path / "runs" / "ep" / "data" / "train.jsonl").read_text().splitlines())
     assert figures["num_epochs"] == pytest.approx(2.0) and figures["num_iters"] == 2 * -(-train_records // 2)

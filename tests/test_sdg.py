@@ -169,6 +169,22 @@ def test_journal_ignores_torn_line_and_restarts_on_new_settings(tmp_path):
     assert path.with_suffix(".jsonl.stale").exists()
 
 
+def test_document_sections_become_questions_answered_by_their_text(tmp_path):
+    from mlxlab.chunking import section_pairs
+
+    doc = tmp_path / "mars.md"
+    doc.write_text(MARS + "\n## Moons\n\nPhobos and Deimos are small,\nirregular moons that may be captured "
+                   "asteroids; Phobos orbits\nvery close to the surface and is slowly spiralling inwards.\n\n"
+                   "```\ncode stays as it is\n```\n\n" + "More text here. " * 80 + "\n")
+    pairs = section_pairs([doc], max_words=60)
+    topics = [p["source"] for p in pairs]
+    assert topics == ["mars.md: Surface", "mars.md: Moons"]      # Atmosphere, under 20 words, is left out
+    moons = pairs[1]
+    assert "moons" in moons["question"] and "Mars" in moons["question"]
+    assert moons["answer"].startswith("Phobos and Deimos are small, irregular moons")     # unwrapped
+    assert "```\ncode stays as it is\n```" in moons["answer"] and "More text" not in moons["answer"]
+
+
 def test_chunking_keeps_headings_and_bounds():
     count = lambda t: len(t.split())
     doc = MARS + "\n## Long\n\n" + "dust " * 400
@@ -201,7 +217,9 @@ def test_datasets_from_scripted_samples(tmp_path):
                                                        {"role": "assistant", "content": "ok"}]}) + "\n"
                               for i in range(20)))
     cfg = GenerateConfig(valid_fraction=0.2, replay=str(replay), replay_ratio=0.5, distractors=2)
-    documents = {kinds["knowledge"]: ["Mars is the fourth planet.", "Mars has two moons."]}
+    documents = {kinds["knowledge"]: {"chunks": ["Mars is the fourth planet.", "Mars has two moons."],
+                                      "sections": [{"question": "Explain the surface (Mars).",
+                                                    "answer": "The surface of Mars is red.", "source": "mars.md"}]}}
     files = write_datasets(tmp_path / "out", leaves, {kinds["freeform_skill"]: skills,
                                                       kinds["knowledge"]: knowledge}, cfg, documents=documents)
     train, valid, test = stats(files["train"]), stats(files["valid"]), stats(files["test"])
@@ -211,12 +229,17 @@ def test_datasets_from_scripted_samples(tmp_path):
               for leaf in leaves}
     assert {k: len(v["valid"]) for k, v in splits.items()} == {kinds["freeform_skill"]: 1, kinds["knowledge"]: 2}
     assert train["by_source"]["seed"] == 3 + 10 and valid["by_source"]["seed"] == 1 + 2
+    assert train["by_source"]["document"] == 1                          # the section, as a question and answer
     assert train["by_source"]["generated"] + valid["by_source"].get("generated", 0) == 12
     assert train["by_source"]["replay"] == round(0.5 * (train["records"] - train["by_source"]["replay"]))
     phase1 = [json.loads(line) for line in files["knowledge_phase1"].read_text().splitlines()]
-    documents_in = [r for r in phase1 if r["metadata"]["source"] == "document"]
-    assert [r["text"] for r in documents_in] == documents[kinds["knowledge"]]
+    documents_in = [r for r in phase1 if r["metadata"]["source"] == "document" and "text" in r]
+    assert [r["text"] for r in documents_in] == documents[kinds["knowledge"]]["chunks"]
     assert all(r["metadata"]["mask_prompt"] is False for r in documents_in)
+    sections = [r for r in phase1 if r["metadata"]["source"] == "document" and "messages" in r]
+    assert [r["messages"][1]["content"] for r in sections] == ["The surface of Mars is red."]
+    # phase 1 keeps every leaf's training seeds next to the documents (they keep the model answering)
+    assert {r["metadata"]["leaf"] for r in phase1 if r["metadata"]["source"] == "seed"} == set(kinds.values())
     generated1 = [r for r in phase1 if r["metadata"]["source"] == "generated"]
     assert generated1 and all(r["messages"][0]["content"].startswith("chunk") for r in generated1)
     mixed = [json.loads(line) for line in (files["train"].read_text() + files["valid"].read_text()).splitlines()]
@@ -266,7 +289,7 @@ def test_invalid_taxonomy_reports_validator_messages(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- real runs
 
-SMALL = ["--samples-per-seed", "1", "--max-tokens", "24", "--judge-max-tokens", "8", "--batch-size", "2",
+SMALL = ["--samples-per-seed", "3", "--max-tokens", "24", "--judge-max-tokens", "8", "--batch-size", "2",
          "--allow-empty", "--quiet", "--seed", "3"]
 
 
@@ -296,8 +319,11 @@ def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
                            batch_size=5, allow_empty=True, quiet=True, chunk_tokens=64, seed=1)
     report = json.loads(result.report.read_text())
     assert {leaf["kind"] for leaf in report["leaves"]} == {"freeform_skill", "knowledge"}
+    assert report["methods"]["prompt_style"] == "fewshot" and report["methods"]["scorer"] == "likelihood"
     for leaf in report["leaves"]:
-        assert leaf["stages"][0]["sent"] == 5 and leaf["tokens"] > 0
+        # one attempt per training seed: 3 of the skill's 5 seeds, 10 of the knowledge leaf's 15 Q&A
+        assert leaf["stages"][0]["sent"] == (3 if leaf["kind"] == "freeform_skill" else 10) and leaf["tokens"] > 0
+        assert [s["stage"] for s in leaf["stages"]] == ["fewshot", "gates", "likelihood"]
         for before, after in zip(leaf["stages"], leaf["stages"][1:]):
             assert after["sent"] == before["passed"]                  # each filter feeds the next
         assert leaf["kept"] == result.kept[leaf["leaf"]]
@@ -306,7 +332,7 @@ def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
             record = json.loads(line)
             assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
             assert record["metadata"]["leaf"] and record["metadata"]["kind"]
-    assert len(result.test.read_text().splitlines()) == 5 + 15
+    assert len(result.test.read_text().splitlines()) == 1 + 3
     assert report["generated_tokens"] == sum(leaf["tokens"] for leaf in report["leaves"])
 
 
@@ -318,7 +344,7 @@ def test_empty_leaf_is_an_error_naming_the_filters(smollm2_dir, tmp_path):
     # a threshold no judge can reach empties the leaf for certain
     with pytest.raises(MlxlabError) as info:
         generate_data(tax, output=tmp_path / "data", samples_per_seed=1, max_tokens=8, judge_max_tokens=4,
-                      question_threshold=2, quiet=True)
+                      question_threshold=2, quiet=True, prompt_style="lab", scorer="judge", gates=False)
     message = str(info.value)
     assert "compositional_skills/writing/haiku" in message and "question_judge:" in message
     assert "--allow-empty" in message and (tmp_path / "data" / "report.json").exists()
