@@ -551,7 +551,7 @@ class RunConfig:
     replay_ratio: float = field(default=0.3, metadata={"help": "generate: replay samples per training sample"})
     phases: bool = field(default=True, metadata={
         "help": "train: phase 1 (knowledge documents and Q&A) before phase 2 (the skills mix)"})
-    num_epochs: float | None = field(default=2.0, metadata={"help": "train: passes over each phase's data"})
+    num_epochs: float | None = field(default=1.5, metadata={"help": "train: passes over each phase's data"})
     num_iters: int | None = field(default=None, metadata={"help": "train: optimizer steps per phase (instead of "
                                                                   "num_epochs)"})
     batch_size: int = field(default=2, metadata={"help": "train: samples per batch"})
@@ -561,7 +561,7 @@ class RunConfig:
         "help": "train: validation (in-domain and general) every N steps; the best checkpoint is kept"})
     patience: int = field(default=3, metadata={"help": "train: stop a phase after N evaluations without a better "
                                                        "checkpoint"})
-    k: int = field(default=2, metadata={"help": "eval: answers per prompt and model"})
+    k: int = field(default=1, metadata={"help": "eval: answers per prompt and model"})
     answer_tokens: int = field(default=64, metadata={"help": "eval: most new tokens per answer (eval's max_tokens)"})
     out_type: str = field(default="q8_0", metadata={"help": "export: GGUF type (f16, q8_0, q4_k_m, ...)"})
 

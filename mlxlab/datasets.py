@@ -199,20 +199,20 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
     splits = splits or {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction,
                                                valid_fraction=cfg.valid_fraction, seed=cfg.seed) for leaf in leaves}
     documents = documents or {}
-    mix, valid, phase1, phase1_valid, test = [], [], [], [], []
+    mix, valid, phase1, phase1_valid, test, seeds_seen = [], [], [], [], [], []
     for leaf in leaves:
         split = splits[leaf.name]
         seeds = {name: [seed_record(leaf, it, name) for it in split[name]] for name in ("train", "valid", "test")}
         test.extend(seeds["test"])
         samples = by_leaf.get(leaf.name, [])
-        phase1.extend(seeds["train"])
+        seeds_seen.extend(seeds["train"])
         if leaf.kind != "knowledge":
             mix.extend(seeds["train"] + [skill_record(s) for s in samples])
             valid.extend(seeds["valid"])
             continue
         docs = documents.get(leaf.name) or {}
         sections = section_records(leaf, docs.get("sections", []))
-        phase1.extend(document_records(leaf, docs.get("chunks", [])) + sections)
+        phase1.extend(document_records(leaf, docs.get("chunks", [])) + seeds["train"] + sections)
         mix.extend(seeds["train"] + sections)
         valid.extend(seeds["valid"])
         phase1_valid.extend(seeds["valid"])
@@ -223,6 +223,8 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
             p1, p2 = knowledge_records(s, others[:cfg.distractors], cfg.seed)
             phase1.append(p1)
             mix.append(p2)
+    if phase1:                  # a phase 1 only where there is knowledge; it takes every leaf's seeds too
+        phase1 = [r for r in seeds_seen if r["metadata"]["kind"] != "knowledge"] + phase1
     if cfg.replay and cfg.replay_ratio > 0:
         # both phases replay general data: forgetting starts in phase 1 already
         mix.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(mix)), cfg.seed))

@@ -445,6 +445,7 @@ def test_scripted_pipeline_counts_every_filter(tmp_path):
     generated = [x for x in lines if x["metadata"]["source"] == "generated"]
     assert len(generated) == 2 and all(x["metadata"]["scores"]["pair"] == "3" for x in generated)
     assert len(lines) == 2 + 5                                           # the five seeds are trained on too
+    assert result.knowledge_phase1 is None                               # no knowledge leaf: no phase 1
     calls = teacher.calls
     again = sdg.generate_data(tax, teacher=teacher, output=tmp_path / "data", samples_per_seed=1, quiet=True,
                               judge_mode="generate", heldout_fraction=0, valid_fraction=0)
@@ -556,3 +557,45 @@ def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
     knowledge = leaves["knowledge"]
     assert knowledge["stages"][0]["stage"] == "fewshot" and knowledge["kept"] >= 1
     assert any("Text: " in p and p.endswith("Q:") for p in teacher.prompts)
+
+
+def test_self_replay_keeps_whole_sentences(tmp_path):
+    from mlxlab.datasets import general_prompts, self_replay
+    from mlxlab.teacher import Completion
+
+    class Student:
+        def generate(self, prompts, **_):
+            return [[Completion("Paris is the capital. It lies on the Seine and is", 12, "length")],
+                    [Completion("Water boils at 100 degrees Celsius at sea level.", 10, "stop")],
+                    [Completion("no sentence end at all and cut", 8, "length")]]
+
+    path = self_replay(Student(), tmp_path, prompts=["a?", "b?", "c?"])
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["messages"][1]["content"] for r in records] == [
+        "Paris is the capital.", "Water boils at 100 degrees Celsius at sea level."]
+    assert all(r["metadata"]["source"] == "replay" for r in records)
+    prompts = general_prompts()
+    assert len(prompts) >= 40 and len(set(prompts)) == len(prompts)
+    bad = tmp_path / "p.yaml"
+    bad.write_text("prompts: [1, 2]\n")
+    with pytest.raises(MlxlabError, match="list of non-empty strings"):
+        general_prompts(bad)
+
+
+def test_shipped_evaluation_sets_are_valid_chat_data():
+    from mlxlab.data import read_jsonl
+    from mlxlab.datasets import GENERAL_VALID
+
+    general = read_jsonl(GENERAL_VALID)
+    jolie = read_jsonl(ROOT / "benchmarks" / "data" / "jolie_heldout.jsonl")
+    held_general = read_jsonl(ROOT / "benchmarks" / "data" / "general_chat.jsonl")
+    assert len(general) >= 30 and len(jolie) >= 30 and len(held_general) >= 20
+    # the benchmark's sets are independent of what training watches and of the taxonomy's seeds
+    questions = lambda rs: [r["messages"][0]["content"] for r in rs]  # noqa: E731
+    assert max(rouge_l(a, b) for a in questions(general) for b in questions(held_general)) < 0.5
+    from mlxlab.datasets import seed_items
+    from mlxlab.taxonomy import Taxonomy
+
+    seeds = [it["question"] for leaf in Taxonomy.load(ROOT / "taxonomy", fetch_documents=False).leaves
+             for it in seed_items(leaf)]
+    assert max(rouge_l(a, b) for a in questions(jolie) for b in seeds) < 0.5
