@@ -47,7 +47,7 @@ GENERAL = ROOT / "benchmarks" / "data" / "general_chat.jsonl"
 STAGES = ("validate", "generate", "train", "fuse", "export", "eval")
 # files of runs/<name>/data that training reads; only the *train* files lose their generated records
 TRAIN_FILES = ("train.jsonl", "phase1/train.jsonl")
-KEPT_FILES = ("valid.jsonl", "phase1/valid.jsonl", "general_valid.jsonl", "replay.jsonl", "test.jsonl")
+KEPT_FILES = ("valid.jsonl", "phase1/valid.jsonl", "replay.jsonl", "test.jsonl")
 TARGETS = {"jolie_nll_change": -40.0, "general_nll_change": 5.0, "total_seconds": 20 * 60, "clean_share": 0.9}
 
 
@@ -228,13 +228,13 @@ def _phase_records(adapters: Path) -> list[dict]:
 def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict, *, length: str,
                    redo: bool) -> dict:
     """Train the ablation (same settings and phases as the run, no generated samples) into `out`."""
+    from mlxlab.datasets import GENERAL_VALID
     from mlxlab.train import train
 
     data, abl_data, adapters = run_dir / "data", out / "data", out / "adapters"
     counts = ablation_data(data, abl_data)
-    general = data / "general_valid.jsonl"
-    if cfg.general_valid is None and general.is_file():
-        cfg = dataclasses.replace(cfg, general_valid=str(general))      # as the pipeline's train stage does
+    if cfg.general_valid is None:       # as the pipeline's train stage does: the packaged general chat set
+        cfg = dataclasses.replace(cfg, general_valid=str(GENERAL_VALID))
     use_phases = bool(run_section.get("phases", True)) and (abl_data / "phase1" / "train.jsonl").is_file()
     ran_phases = (run_dir / "adapters" / "phase_1" / "result.json").is_file()
     if use_phases != ran_phases:

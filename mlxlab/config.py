@@ -532,7 +532,7 @@ SECTIONS["eval"] = EvalConfig
 
 @dataclass
 class RunConfig:
-    """`mlxlab run`: every stage into runs/<name>/; the sizing below finishes in ~15 min on a 2-core CPU."""
+    """`mlxlab run`: every stage into runs/<name>/; the sizing below finishes in ~19 min on a 2-core CPU."""
     name: str = field(default="default", metadata={"help": "the run's folder under runs_dir"})
     runs_dir: str = field(default="runs", metadata={"help": "folder that holds the runs"})
     taxonomy: str | None = field(default=None, metadata={"help": "taxonomy root (none: the taxonomy setting)"})

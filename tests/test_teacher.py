@@ -188,7 +188,9 @@ def test_sdg_through_the_openai_backend(llama_server, tmp_path):
 
     tax = make_taxonomy(tmp_path / "taxonomy")
     result = generate_data(tax, teacher="smollm2", teacher_url=llama_server, output=tmp_path / "data",
-                           samples_per_seed=1, max_tokens=16, judge_max_tokens=8, allow_empty=True, quiet=True)
+                           samples_per_seed=1, max_tokens=32, judge_max_tokens=8, allow_empty=True, quiet=True)
     report = json.loads(result.report.read_text())
-    assert report["backend"] == "openai" and report["leaves"][0]["stages"][0]["sent"] == 5
+    # a remote teacher (size unknown) gets the LAB prompts and judges; 3 of the 5 seeds are shown to it
+    assert report["backend"] == "openai" and report["methods"]["prompt_style"] == "lab"
+    assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 3}
     assert report["generated_tokens"] > 0
