@@ -248,7 +248,7 @@ def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict,
         cfg = dataclasses.replace(cfg, num_epochs=None, num_iters=steps[-1])
         if phases:
             phases = [{**p, "num_iters": n} for p, n in zip(phases, steps)]
-    files = [abl_data / n for n in TRAIN_FILES + KEPT_FILES] + ([general] if general.is_file() else [])
+    files = [abl_data / n for n in TRAIN_FILES + KEPT_FILES] + [Path(cfg.general_valid)]
     inputs = _digest(files, {"train": dataclasses.asdict(cfg), "phases": phases, "model": str(model)})
     stamp = out / "inputs.json"
     reuse = not redo and (adapters / "adapters.safetensors").is_file() and stamp.is_file() and \
