@@ -528,7 +528,7 @@ def read_phases(path: str | Path) -> list[dict]:
 
     path = Path(path)
     text, root = compose_yaml(path, "phases file")
-    example = 'e.g.\n  - {data: data/knowledge_phase1.jsonl, num_epochs: 1}\n  - {data: data, learning_rate: 5e-5}'
+    example = 'e.g.\n  - {data: data/phase1, num_epochs: 1}\n  - {data: data, learning_rate: 5e-5}'
     if not isinstance(root, yaml.SequenceNode) or not root.value:
         raise MlxlabError("a phases file is a non-empty YAML list of phases", path=path, line=1, hint=example)
     hints = typing.get_type_hints(TrainConfig)
