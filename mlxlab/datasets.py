@@ -199,14 +199,14 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
     splits = splits or {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction,
                                                valid_fraction=cfg.valid_fraction, seed=cfg.seed) for leaf in leaves}
     documents = documents or {}
-    mix, valid, phase1, phase1_valid, test, seeds_seen = [], [], [], [], [], []
+    mix, valid, phase1, phase1_valid, test, skill_seeds = [], [], [], [], [], []
     for leaf in leaves:
         split = splits[leaf.name]
         seeds = {name: [seed_record(leaf, it, name) for it in split[name]] for name in ("train", "valid", "test")}
         test.extend(seeds["test"])
         samples = by_leaf.get(leaf.name, [])
-        seeds_seen.extend(seeds["train"])
         if leaf.kind != "knowledge":
+            skill_seeds.extend(seeds["train"])
             mix.extend(seeds["train"] + [skill_record(s) for s in samples])
             valid.extend(seeds["valid"])
             continue
@@ -224,7 +224,7 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
             phase1.append(p1)
             mix.append(p2)
     if phase1:                  # a phase 1 only where there is knowledge; it takes every leaf's seeds too
-        phase1 = [r for r in seeds_seen if r["metadata"]["kind"] != "knowledge"] + phase1
+        phase1 = skill_seeds + phase1
     if cfg.replay and cfg.replay_ratio > 0:
         # both phases replay general data: forgetting starts in phase 1 already
         mix.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(mix)), cfg.seed))

@@ -26,21 +26,7 @@ def _words(text: str) -> list[str]:
 
 def rouge_l(a: str | list[str], b: str | list[str]) -> float:
     """ROUGE-L F1 between two texts (longest common subsequence of lowercase words)."""
-    x = _words(a) if isinstance(a, str) else a
-    y = _words(b) if isinstance(b, str) else b
-    if not x or not y:
-        return 0.0
-    prev = [0] * (len(y) + 1)
-    for xi in x:
-        cur = [0]
-        for j, yj in enumerate(y):
-            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(x), lcs / len(y)
-    return 2 * precision * recall / (precision + recall)
+    return _rouge(_words(a) if isinstance(a, str) else a, _words(b) if isinstance(b, str) else b)
 
 
 def _masks(words: Iterable[str]) -> dict[str, int]:
@@ -51,9 +37,9 @@ def _masks(words: Iterable[str]) -> dict[str, int]:
 
 
 def _rouge(x: Sequence[str], y: Sequence[str], threshold: float = 0.0, y_masks: dict[str, int] | None = None) -> float:
-    # The same value as rouge_l, but the quadratic table is too slow for hundreds of samples against long code
-    # answers: this is Hyyro's bit-parallel LCS (one big-int step per word of x), and returns 0.0 early when even
-    # a perfect match of the shorter text could not reach `threshold`.
+    # The textbook quadratic LCS table is too slow for hundreds of samples against long code answers: this is
+    # Hyyro's bit-parallel LCS (one big-int step per word of x), and returns 0.0 early when even a perfect match
+    # of the shorter text could not reach `threshold`.
     if not x or not y or 2 * min(len(x), len(y)) / (len(x) + len(y)) < threshold:
         return 0.0
     masks = y_masks if y_masks is not None else _masks(y)

@@ -108,6 +108,12 @@ def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str | None:
     return text[:min(hits)] if hits else None
 
 
+def until_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
+    """`text` up to the earliest stop string (all of it when none occurs; "" when one starts it)."""
+    cut = cut_at_stop(text, stop)
+    return text if cut is None else cut
+
+
 def default_batch_size() -> int:
     """Sequences decoded together on MLX: 32, or 16 on machines with less than 16 GB of memory.
 
@@ -324,8 +330,8 @@ class Teacher:
                 choice = reply["choices"][0]
                 tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
                 self.stats.generated_tokens += tokens
-                out.append(Completion(cut_at_stop(choice.get("text") or "", stop) or choice.get("text") or "",
-                                      tokens, "length" if choice.get("finish_reason") == "length" else "stop"))
+                out.append(Completion(until_stop(choice.get("text") or "", stop), tokens,
+                                      "length" if choice.get("finish_reason") == "length" else "stop"))
                 if progress:
                     progress(1, tokens)
         self.stats.seconds += time.perf_counter() - start
@@ -534,7 +540,7 @@ class Teacher:
         tokens = int((reply.get("usage") or {}).get("completion_tokens") or self.count_tokens(value))
         with self._lock:
             self.stats.generated_tokens += tokens
-        return Completion(cut_at_stop(value, stop) or value, tokens, "length" if finish == "length" else "stop")
+        return Completion(until_stop(value, stop), tokens, "length" if finish == "length" else "stop")
 
     def _generate_openai(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
         def one(job):

@@ -343,8 +343,16 @@ def test_any_text_never_raises(question, answer, context):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from("abcdef"), max_size=60), st.lists(st.sampled_from("abcdef"), max_size=60))
-def test_fast_rouge_equals_rouge_l(x, y):
-    assert _rouge(x, y) == pytest.approx(rouge_l(x, y))
+def test_bit_parallel_rouge_equals_the_lcs_table(x, y):
+    prev = [0] * (len(y) + 1)
+    for xi in x:                                     # the textbook dynamic-programming LCS
+        cur = [0]
+        for j, yj in enumerate(y):
+            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    expected = 2 * lcs / (len(x) + len(y)) if lcs else 0.0    # F1 of precision lcs/|x| and recall lcs/|y|
+    assert rouge_l(x, y) == pytest.approx(expected) and _rouge(x, y) == pytest.approx(expected)
 
 
 def test_hundreds_of_samples_are_fast():

@@ -26,6 +26,10 @@ def _prompts(count: int) -> list[list[dict]]:
 
 
 def test_helpers():
+    from mlxlab.teacher import cut_at_stop, until_stop
+
+    assert cut_at_stop("a\nQ: b\nText: c", ("\nText:", "\nQ:")) == "a" and cut_at_stop("abc", ("\nQ:",)) is None
+    assert until_stop("\nQ: next", ("\nQ:",)) == "" and until_stop("whole", ("\nQ:",)) == "whole"
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert shared_prefix_length([]) == 0
     system, seed_a, seed_b = list(range(20)), list(range(100, 140)), list(range(200, 240))
