@@ -101,7 +101,8 @@ class GenerateConfig:
         "help": "teacher model: HF id, local dir, .gguf, 'smollm2'; with --teacher-url the server's model name"})
     teacher_url: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible server (e.g. http://127.0.0.1:8080); uses the openai backend"})
-    teacher_backend: str = field(default="mlx", metadata={"help": "mlx | openai | llama-cpp"})
+    teacher_backend: str = field(default="auto", metadata={
+        "help": "auto (llama-cpp on a CPU, mlx on Metal/CUDA, openai with a URL) | mlx | openai | llama-cpp"})
     output: str = field(default="data", metadata={"help": "output folder for datasets, report and journals"})
     samples_per_seed: int = field(default=2, metadata={"help": "generation attempts per seed example and leaf"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same data, also after a resume)"})

@@ -240,7 +240,7 @@ def _answerer(spec, previous: Teacher | None, cfg: EvalConfig) -> Teacher:
         if adapters is not None:
             raise MlxlabError("adapters cannot be applied to a GGUF", path=adapters,
                               hint="evaluate the MLX base with the adapters, or export the fused model to GGUF")
-        return make_teacher(base, backend="llama-cpp")
+        return make_teacher(base, backend="llama-cpp", requantize=False)     # this very file, not a copy
     if isinstance(previous, _ModelTeacher) and previous.accepts(base, adapters):
         if adapters is not None:
             previous.use_adapters(adapters)

@@ -155,7 +155,8 @@ class _Run:
     def __init__(self, teacher, cfg: GenerateConfig, leaf, journal: Journal, stats: LeafStats, display):
         self.teacher, self.cfg, self.leaf, self.journal, self.stats, self.display = (
             teacher, cfg, leaf, journal, stats, display)
-        self.group = max(1, teacher.batch_size if teacher.backend == "mlx" else teacher.concurrency * 2)
+        in_process = teacher.backend in ("mlx", "llama-cpp")
+        self.group = max(1, teacher.batch_size if in_process else teacher.concurrency * 2)
 
     def generate(self, stage: str, units: list[tuple[str, list[dict] | str]], *,
                  verdict: tuple[str, tuple[str, ...]] | None = None,
@@ -401,7 +402,8 @@ def choose_methods(teacher, cfg: GenerateConfig) -> dict:
     if scorer == "auto":
         scorer = "likelihood" if small and can_score else "judge"
     elif scorer == "likelihood" and not can_score:
-        raise MlxlabError(f"the likelihood scorer needs the in-process mlx teacher, not {teacher.backend}",
+        raise MlxlabError("the likelihood scorer needs an in-process teacher (mlx or llama-cpp), not "
+                          f"{teacher.backend}",
                           hint="use --scorer judge or --scorer auto")
     why = f"teacher {size} ({'small' if small else 'capable or unknown'}): " \
           f"prompt_style {style}{' (auto)' if cfg.prompt_style == 'auto' else ''}, " \
@@ -519,7 +521,9 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     tokens = sum(s.tokens for s in all_stats)
     gen_seconds = sum(s.seconds for s in all_stats)
     report = {"taxonomy": str(cfg.taxonomy), "teacher": str(teacher.model_ref or "smollm2"),
-              "backend": teacher.backend, "seed": cfg.seed, "seconds": round(seconds, 2), "methods": methods,
+              "backend": teacher.backend, "backend_reason": getattr(teacher, "backend_reason", None),
+              "teacher_file": getattr(teacher, "gguf_note", None), "seed": cfg.seed, "seconds": round(seconds, 2),
+              "methods": methods,
               "generated_tokens": tokens, "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds else 0.0,
               "files": {k: str(v) for k, v in files.items() if v}, "leaves": [dataclasses.asdict(s) for s in all_stats]}
     report_path = _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")

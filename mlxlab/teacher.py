@@ -6,12 +6,17 @@
   seed and the prompt, so a completion does not depend on which other prompts share its batch.
 - `openai`: any `/v1/chat/completions` server (llama.cpp, mlx_lm.server, vLLM, Ollama), N requests in
   flight on threads, retries with exponential backoff, API key from an environment variable.
-- `llama-cpp`: a GGUF in-process through llama-cpp-python.
+- `llama-cpp`: a GGUF in-process, batched through llama.cpp's own batch API (`mlxlab.llama_batch`): the
+  shared prefix is evaluated once and its KV cells shared, all sequences decode together, finished ones
+  free their slots for queued ones. On a CPU this is the fastest teacher (llama.cpp's CPU kernels beat
+  MLX's CPU backend), so `auto` picks it there; see `choose_backend`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -26,6 +31,9 @@ from pathlib import Path
 from mlxlab.errors import MlxlabError
 
 BACKENDS = ("mlx", "openai", "llama-cpp")
+# weight types llama.cpp multiplies as whole matrices on a CPU (tinyBLAS); others go row by row, and a batch
+# gains little: measured on SmolLM2, Q4_1 prefills at 180 tok/s, its Q8_0 re-encoding at 340
+FAST_BATCH_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0"}
 API_KEY_ENV = "MLXLAB_TEACHER_API_KEY"
 MIN_SHARED_PREFIX = 16          # shorter shared prefixes are not worth a separate prefill
 PREFIX_CACHE_BYTES = 512 * 2**20  # prefilled prefixes kept between calls, least recently used dropped first
@@ -47,7 +55,10 @@ class GenerationStats:
     """Counters of the teacher's work since it was made (or since `reset`)."""
     prompt_tokens: int = 0
     cached_prefix_tokens: int = 0   # prompt tokens served from a prefilled shared prefix
+    prefill_tokens: int = 0         # prompt tokens the model evaluated (llama-cpp backend)
     generated_tokens: int = 0
+    prefill_seconds: float = 0.0    # llama-cpp backend: time in calls that evaluate prompt tokens
+    decode_seconds: float = 0.0     # llama-cpp backend: time in calls that only decode next tokens
     completions: int = 0
     seconds: float = 0.0
     first_token_seconds: list[float] = field(default_factory=list)  # per call: time to the first new token
@@ -127,15 +138,86 @@ def default_batch_size() -> int:
     return 16 if total_gb < 16 else 32
 
 
+def choose_backend(url: str | None = None) -> tuple[str, str]:
+    """(backend, why) for `teacher_backend: auto`: a documented rule, no probe.
+
+    A URL → openai. Metal or CUDA → mlx (MLX's GPU kernels, 4-bit in unified memory). A CPU → llama-cpp
+    when llama-cpp-python is installed: on this project's 2-core x86 reference machine its batched
+    decoding runs SmolLM2 several times faster than MLX's CPU backend (benchmarks/sdg_throughput.py).
+    """
+    if url:
+        return "openai", "a teacher URL was given"
+    from mlxlab.device import current_device
+
+    device = current_device()
+    if device != "cpu":
+        return "mlx", f"MLX runs on the {device}"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "mlx", "a CPU, but llama-cpp-python is not installed"
+    return "llama-cpp", "a CPU: llama.cpp's batched CPU kernels are the fastest teacher there"
+
+
+def _gguf_types(path: Path) -> set[str]:
+    """The weight types of a GGUF's matrices (gguf-py reads the header only)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+
+
+def teacher_gguf(model: str | Path | None, *, requantize: bool = True) -> tuple[Path, str]:
+    """(GGUF file, note) for the llama-cpp teacher: the file itself, or a Q8_0 copy made once and cached.
+
+    A GGUF whose matrices have a fast batched CPU kernel (`FAST_BATCH_TYPES`), or any GGUF when not
+    `requantize` (evaluating a quantized export must run that very file), is used as it is. Any other GGUF,
+    and an MLX or Hugging Face model, is exported to Q8_0 through mlxlab's own export (verified against MLX
+    like every export) into the cache. Q8_0 holds a 4-bit model's weights almost exactly.
+    """
+    from mlxlab.models import EMBEDDED, cache_dir, embedded_gguf
+
+    text = "" if model is None else str(model).strip()
+    source = embedded_gguf() if not text or text.lower() == EMBEDDED else Path(text).expanduser()
+    if source.is_file():
+        try:
+            types = _gguf_types(source)
+        except Exception as exc:            # gguf-py says why in its own words
+            raise MlxlabError(f"not a readable GGUF file ({exc})", path=source,
+                              hint="pass a .gguf file, a model directory or a Hugging Face id") from None
+        if types <= FAST_BATCH_TYPES or not requantize:
+            return source, f"{source.name} as is ({', '.join(sorted(types))})"
+        stat = source.stat()
+        key = f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    else:
+        key = text
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    name = source.stem if source.is_file() else Path(text).name
+    target = cache_dir() / "teacher-gguf" / f"{name}-{digest}.q8_0.gguf"
+    if not target.is_file():
+        from mlxlab.gguf_export import export_gguf
+
+        try:
+            export_gguf(source if source.is_file() else text, target, out_type="q8_0", verify=True)
+        except MlxlabError:
+            if not source.is_file():
+                raise
+            return source, f"{source.name} as is (no Q8_0 copy: this GGUF cannot be re-exported)"
+    return target, f"a Q8_0 copy of {source.name if source.is_file() else text} (cached: {target})"
+
+
 class Teacher:
     """A text generator over chat messages; see the module docstring for the backends."""
 
     def __init__(self, model: str | Path | None = None, *, backend: str = "mlx", url: str | None = None,
                  batch_size: int | None = None, prefix_cache: bool = True, dequantize_on_load: str | None = None,
                  concurrency: int = 4, retries: int = 3, backoff_s: float = 1.0, timeout_s: float = 300.0,
-                 api_key_env: str = API_KEY_ENV, n_ctx: int = 4096):
+                 api_key_env: str = API_KEY_ENV, n_ctx: int = 4096, requantize: bool = True):
+        self.backend_reason = f"{backend} (asked for)"
+        if backend == "auto":
+            backend, why = choose_backend(url)
+            self.backend_reason = f"{backend} (auto: {why})"
         if backend not in BACKENDS:
-            raise MlxlabError(f"unknown teacher backend {backend!r}", hint="use one of: " + ", ".join(BACKENDS))
+            raise MlxlabError(f"unknown teacher backend {backend!r}",
+                              hint="use one of: auto, " + ", ".join(BACKENDS))
         if backend == "openai" and not url:
             raise MlxlabError("the openai teacher backend needs a URL",
                               hint="pass --teacher-url http://127.0.0.1:8080 (any /v1/chat/completions server)")
@@ -150,13 +232,14 @@ class Teacher:
         self.timeout_s = timeout_s
         self.api_key_env = api_key_env
         self.stats = GenerationStats()
-        self._model = self._tokenizer = self._llama = None
+        self._model = self._tokenizer = self._llama = self._engine = self._chat = None
+        self.gguf_note = None
         self._prefixes: dict[tuple[int, ...], list] = {}
         self._lock = threading.Lock()
         if backend == "mlx":
             self._load_mlx(dequantize_on_load)
         elif backend == "llama-cpp":
-            self._load_llama(n_ctx)
+            self._load_llama(n_ctx, requantize)
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -169,19 +252,27 @@ class Teacher:
         # and 0.107 s). On Metal the 4-bit kernels win and the model stays 4-bit.
         self._model, self._tokenizer = load_model(self.model_ref, dequantize_on_load=dequantize_on_load)
 
-    def _load_llama(self, n_ctx: int) -> None:
+    def _load_llama(self, n_ctx: int, requantize: bool) -> None:
         from mlxlab.device import llama_threads
-        from mlxlab.models import embedded_gguf
+        from mlxlab.llama_batch import LlamaBatch
 
-        path = Path(self.model_ref) if self.model_ref and str(self.model_ref).lower() != "smollm2" else None
-        path = path or embedded_gguf()
-        if not path.is_file():
-            raise MlxlabError("the llama-cpp teacher needs a .gguf file", path=path)
+        path, self.gguf_note = teacher_gguf(self.model_ref, requantize=requantize)
         from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         threads = llama_threads()
+        # the Llama object gives the model, its tokenizer and metadata (and serves chat prompts of a GGUF
+        # without a chat template); the batched engine decodes in a context of its own
         self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                             verbose=False)
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if template:
+            token = lambda key: (self._llama.detokenize([int(self._llama.metadata[key])], special=True).decode(
+                "utf-8", "replace") if key in self._llama.metadata else "")
+            self._chat = Jinja2ChatFormatter(template, eos_token=token("tokenizer.ggml.eos_token_id"),
+                                             bos_token=token("tokenizer.ggml.bos_token_id"))
+        self._engine = LlamaBatch(self._llama, slots=self.batch_size, n_ctx=n_ctx,
+                                  threads=llama_threads(batched=True))
 
     @property
     def tokenizer(self):
@@ -198,7 +289,9 @@ class Teacher:
 
     def close(self) -> None:
         """Free the model (a later `generate` on an in-process backend is an error)."""
-        self._model = self._tokenizer = self._llama = None
+        if self._engine is not None:
+            self._engine.close()
+        self._model = self._tokenizer = self._llama = self._engine = self._chat = None
         self._prefixes.clear()
 
     # ------------------------------------------------------------------------------------------ generate
@@ -321,29 +414,22 @@ class Teacher:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 out = list(pool.map(one, range(len(texts))))
         else:
-            if self._llama is None:
-                raise MlxlabError("this teacher was closed; make a new Teacher")
-            out = []
-            for text, key in zip(texts, keys):
-                reply = self._llama.create_completion(prompt=text, stop=list(stop) or None, temperature=temperature,
-                                                      top_p=top_p, max_tokens=max_tokens, seed=key)
-                choice = reply["choices"][0]
-                tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
-                self.stats.generated_tokens += tokens
-                out.append(Completion(until_stop(choice.get("text") or "", stop), tokens,
-                                      "length" if choice.get("finish_reason") == "length" else "stop"))
-                if progress:
-                    progress(1, tokens)
+            encoded = [self._llama_tokens(t, special=False) for t in texts]
+            out = self._run_llama(encoded, keys, temperature, top_p, max_tokens, stop, progress)
         self.stats.seconds += time.perf_counter() - start
         self.stats.completions += len(out)
         return out
 
     def can_score(self) -> bool:
-        """True when `loglikelihood` works on this backend (in-process MLX)."""
-        return self.backend == "mlx" and self._model is not None
+        """True when `loglikelihood` works on this backend (the in-process ones: mlx and llama-cpp)."""
+        return self._model is not None or self._engine is not None
 
     def num_parameters(self) -> int | None:
-        """Parameters of an in-process MLX model (4-bit weights counted unpacked), else None (unknown)."""
+        """Parameters of an in-process model (4-bit weights counted unpacked), else None (unknown)."""
+        if self._engine is not None:
+            import llama_cpp
+
+            return int(llama_cpp.llama_model_n_params(self._llama.model))
         if self.backend != "mlx" or self._model is None:
             return None
         import mlx.core as mx
@@ -369,20 +455,30 @@ class Teacher:
         teachers far too small to judge. One forward pass per pair, batched by length.
         """
         if not self.can_score():
-            raise MlxlabError(f"log-likelihood scoring needs the in-process mlx teacher, not {self.backend}",
-                              hint="use --scorer judge (or auto) with this teacher")
-        import mlx.core as mx
-        import numpy as np
-
+            raise MlxlabError(f"log-likelihood scoring needs an in-process teacher (mlx or llama-cpp), not "
+                              f"{self.backend}", hint="use --scorer judge (or auto) with this teacher")
+        encode = ((lambda text: self._llama_tokens(text, special=False)) if self._engine is not None
+                  else (lambda text: list(self._tokenizer.encode(text))))
         encoded = []
         for prefix, continuation in pairs:
-            head = list(self._tokenizer.encode(prefix)) if prefix else []
-            full = list(self._tokenizer.encode(prefix + continuation))
+            head = encode(prefix) if prefix else []
+            full = encode(prefix + continuation)
             # a merge across the boundary moves it left: count every token after the common part
             boundary = min(shared_prefix_length([head, full]), len(full) - 1) if head else 0
             if not head:    # no prefix: the first token has no prediction; score from the second
                 boundary = 1 if len(full) > 1 else 0
             encoded.append((full, max(boundary, 1)))
+        if self._engine is not None:
+            before = dataclasses.replace(self._engine.counters)
+            out = self._engine.loglikelihood(encoded)
+            self._count_engine(before)
+            self.stats.prompt_tokens += sum(len(full) for full, _b in encoded)
+            if progress:
+                progress(len(pairs), 0)
+            return out
+        import mlx.core as mx
+        import numpy as np
+
         out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]))
         for lo in range(0, len(order), batch_size):
@@ -554,9 +650,53 @@ class Teacher:
 
     # llama-cpp ------------------------------------------------------------------------------------------
 
+    def _llama_tokens(self, text: str, *, special: bool, add_bos: bool = True) -> list[int]:
+        if self._llama is None:
+            raise MlxlabError("this teacher was closed; make a new Teacher")
+        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def _count_engine(self, before) -> None:
+        """Add what the batched engine did since `before` (a copy of its counters) to the stats."""
+        now = self._engine.counters
+        self.stats.prefill_tokens += now.prefill_tokens - before.prefill_tokens
+        self.stats.cached_prefix_tokens += now.shared_prefix_tokens - before.shared_prefix_tokens
+        self.stats.prefill_seconds += now.prefill_seconds - before.prefill_seconds
+        self.stats.decode_seconds += now.decode_seconds - before.decode_seconds
+
+    def _run_llama(self, sequences: list[list[int]], seeds: list[int], temperature: float, top_p: float,
+                   max_tokens: int, stop: tuple[str, ...], progress: Progress | None) -> list[Completion]:
+        """Token sequences through the batched llama.cpp engine, sharing each group's prefix."""
+        plan = plan_prefixes(sequences) if self.prefix_cache and len(sequences) > 1 else [0] * len(sequences)
+        before = dataclasses.replace(self._engine.counters)
+        started = time.perf_counter()
+        first: list[float] = []
+
+        def advance(done: int, tokens: int) -> None:
+            if not first and tokens:
+                first.append(time.perf_counter() - started)
+            if progress:
+                progress(done, tokens)
+
+        results = self._engine.generate(sequences, plan, seeds, temperature=temperature, top_p=top_p,
+                                        max_tokens=max_tokens, stop=stop, progress=advance)
+        self._count_engine(before)
+        self.stats.first_token_seconds.extend(first)
+        self.stats.prompt_tokens += sum(len(s) for s in sequences)
+        self.stats.generated_tokens += sum(tokens for _text, tokens, _finish in results)
+        return [Completion(text, tokens, finish) for text, tokens, finish in results]
+
     def _generate_llama(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
         if self._llama is None:
             raise MlxlabError("this teacher was closed; make a new Teacher")
+        if self._chat is not None:
+            sequences = []
+            for i, _j, _s in jobs:
+                rendered = self._chat(messages=prompts[i])
+                sequences.append(self._llama_tokens(rendered.prompt, special=True,
+                                                    add_bos=not getattr(rendered, "added_special", False)))
+            return self._run_llama(sequences, [s for _i, _j, s in jobs], temperature, top_p, max_tokens, (),
+                                   progress)
+        # no chat template in the GGUF: llama-cpp-python's own chat formats, one request at a time
         out = []
         for i, _j, s in jobs:
             reply = self._llama.create_chat_completion(messages=prompts[i], temperature=temperature, top_p=top_p,
@@ -598,9 +738,15 @@ def _seeded_sampler(temperature: float, top_p: float, seed: int):
 
 def make_teacher(teacher: Teacher | str | Path | None = None, *, url: str | None = None,
                  backend: str | None = None, **options) -> Teacher:
-    """A Teacher from a reference: an instance as is; a URL → openai; a .gguf with backend llama-cpp; else mlx."""
+    """A Teacher from a reference: an instance as is; a URL → openai; else `backend` (default mlx; auto chooses).
+
+    A URL with a backend other than openai or auto is a usage error: the two ask for different teachers.
+    """
     if isinstance(teacher, Teacher):
         return teacher
     if url:
+        if backend not in (None, "auto", "openai"):
+            raise MlxlabError(f"--teacher-url asks for a server, --teacher-backend {backend} for an in-process teacher",
+                              hint="drop one of them: a URL already means the openai backend")
         return Teacher(teacher, backend="openai", url=url, **options)
     return Teacher(teacher, backend=backend or "mlx", **options)

@@ -178,7 +178,7 @@ def test_llama_cpp_backend_in_process(smollm2_gguf):
     assert all(c[0].text and c[0].tokens <= 6 for c in out)
     (completion,) = teacher.complete([PATTERN], stop=("\nQ:",), temperature=0.0, max_tokens=24)
     assert completion.text.strip() and "\nQ:" not in completion.text
-    assert not teacher.can_score() and teacher.num_parameters() is None
+    assert teacher.can_score() and teacher.num_parameters() > 100e6     # scoring works in-process
     assert teacher.count_tokens("hello world") >= 2
     teacher.close()
 

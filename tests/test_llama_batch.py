@@ -1,0 +1,171 @@
+"""The batched llama.cpp teacher: the same greedy text as one at a time (tiny GGUFs and SmolLM2), the shared
+prefix evaluated once, per-sequence stop strings, likelihood scoring, `auto`, and a failure mid-batch that
+leaves the SDG journal resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+from mlxlab.teacher import Teacher, choose_backend, make_teacher, teacher_gguf
+
+PATTERN = ("Q: What colour is the sky?\nA: Blue.\n\nQ: What colour is grass?\nA: Green.\n\n"
+           "Q: What colour is snow?\nA:")
+SYSTEM = {"role": "system", "content": "You are a helpful assistant. You answer in one short sentence. " * 4}
+
+
+def _prompts(count: int) -> list[list[dict]]:
+    return [[SYSTEM, {"role": "user", "content": f"Name a fruit whose name starts with letter {chr(65 + i)}."}]
+            for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tiny_ggufs(tiny_llama, tiny_qwen2, tmp_path_factory) -> list:
+    """f32 GGUFs of the tiny random llama and qwen2 models (no chat template: raw-text completion)."""
+    from mlxlab.gguf_export import export_gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    return [export_gguf(model, out / f"{model.name}.gguf", out_type="f32", verify=False).path
+            for model in (tiny_llama, tiny_qwen2)]
+
+
+@pytest.mark.slow
+def test_tiny_ggufs_batched_equals_one_at_a_time_and_llama_cpp_python(tiny_ggufs):
+    texts = ["the quick brown fox", "hello world, this is", "one two three four five", "a b c d e f g"]
+    for path in tiny_ggufs:
+        gguf, note = teacher_gguf(path)
+        assert gguf == path and "as is" in note                # f32 has a fast batched kernel: no copy
+        batched = Teacher(path, backend="llama-cpp", batch_size=4, n_ctx=256)
+        single = Teacher(path, backend="llama-cpp", batch_size=1, n_ctx=256)
+        many = batched.complete(texts, temperature=0.0, max_tokens=10)
+        one = single.complete(texts, temperature=0.0, max_tokens=10)
+        assert many == one and sum(c.tokens for c in many) >= 10
+        # an independent implementation of the same model: llama-cpp-python's own one-at-a-time path
+        reference = [batched._llama.create_completion(t, max_tokens=10, temperature=0.0)["choices"][0]["text"]
+                     for t in texts]
+        assert [c.text for c in many] == reference
+        assert batched.stats.decode_seconds > 0 and batched.stats.generated_tokens == sum(c.tokens for c in many)
+        batched.close()
+        single.close()
+
+
+@pytest.fixture(scope="module")
+def smollm2_teacher(smollm2_gguf):
+    teacher = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=8, n_ctx=1024)
+    yield teacher
+    teacher.close()
+
+
+@pytest.mark.slow
+def test_smollm2_is_served_from_a_cached_q8_0_copy(smollm2_teacher, smollm2_gguf, mlxlab_cache):
+    # Q4_1 has no fast batched CPU kernel: the teacher runs a verified Q8_0 copy made once, in the cache
+    assert "Q8_0 copy" in smollm2_teacher.gguf_note and str(mlxlab_cache) in smollm2_teacher.gguf_note
+    path, _note = teacher_gguf(smollm2_gguf)
+    assert path.is_file() and path.parent == mlxlab_cache / "teacher-gguf"
+    assert path.with_name(path.stem + ".verify.json").is_file()
+    assert teacher_gguf(smollm2_gguf, requantize=False)[0] == smollm2_gguf     # evaluation runs the file itself
+    assert 130e6 < smollm2_teacher.num_parameters() < 140e6 and smollm2_teacher.can_score()
+
+
+@pytest.mark.slow
+def test_smollm2_batched_greedy_equals_one_at_a_time_and_prefix_is_evaluated_once(smollm2_teacher, smollm2_gguf):
+    prompts = _prompts(6)
+    teacher = smollm2_teacher
+    teacher.stats.reset()
+    before = teacher._engine.counters.prefixes_evaluated
+    batched = teacher.generate(prompts, temperature=0.0, max_tokens=12)
+    # the shared system prompt was evaluated once and handed to all six sequences
+    assert teacher._engine.counters.prefixes_evaluated == before + 1
+    assert teacher.stats.cached_prefix_tokens > 5 * len(SYSTEM["content"]) // 8
+    assert teacher.stats.prefill_tokens < teacher.stats.prompt_tokens / 2
+    single = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=1, n_ctx=1024, prefix_cache=False)
+    alone = single.generate(prompts, temperature=0.0, max_tokens=12)
+    assert [c[0].text for c in batched] == [c[0].text for c in alone]
+    assert single._engine.counters.prefixes_evaluated == 0
+    # seeded sampling: the same seed gives the same texts again (every call starts from an empty cache)
+    a = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)
+    b = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)
+    c = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=6)
+    assert a == b and a != c
+    single.close()
+
+
+@pytest.mark.slow
+def test_a_sequence_that_hits_its_stop_string_ends_while_others_continue(smollm2_teacher):
+    teacher = smollm2_teacher
+    other = "Once upon a time, in a small village by the sea, there lived"
+    free = teacher.complete([PATTERN, other], temperature=0.0, max_tokens=16)
+    text = free[0].text
+    assert len(text) > 6, text
+    stop = text[3:6]                                   # a string the first continuation certainly reaches
+    assert stop not in free[1].text                    # and the second never does
+    cut = teacher.complete([PATTERN, other], stop=(stop,), temperature=0.0, max_tokens=16)
+    assert cut[0].text == text[:text.find(stop)] and cut[0].finish_reason == "stop" and cut[0].tokens < 16
+    # the other runs on to its limit (alone in the batch from then on: its text may differ from the free run by
+    # llama.cpp's batch-shape float effects, so only where it ended is compared)
+    assert cut[1].finish_reason == "length" and cut[1].tokens == 16 and cut[1].text.startswith(" ")
+
+
+@pytest.mark.slow
+def test_likelihood_scoring_on_llama_cpp_agrees_with_mlx(smollm2_teacher, smollm2_dir):
+    pairs = [("The capital of France is", " Paris."), ("The capital of France is", " a banana."),
+             ("Q: What colour is the sky?\nA:", " Blue."), ("", "Hello there, how are you today?")]
+    llama = smollm2_teacher.loglikelihood(pairs)
+    assert llama[0][0] > llama[1][0] and [n for _s, n in llama] == [2, 3, 2, 7]
+    mlx = Teacher(smollm2_dir, backend="mlx").loglikelihood(pairs)
+    assert [n for _s, n in mlx] == [n for _s, n in llama]
+    for (a, n), (b, _n) in zip(llama, mlx):            # Q8_0 vs float32 of the same 4-bit weights
+        assert abs(a - b) / n < 0.15, (a, b)
+
+
+def test_auto_picks_a_backend_and_says_why(monkeypatch):
+    assert choose_backend("http://127.0.0.1:1")[0] == "openai"
+    import mlxlab.device
+
+    monkeypatch.setattr(mlxlab.device, "current_device", lambda: "gpu")
+    backend, why = choose_backend()
+    assert backend == "mlx" and "gpu" in why
+    monkeypatch.setattr(mlxlab.device, "current_device", lambda: "cpu")
+    assert choose_backend()[0] == "llama-cpp"              # llama-cpp-python is a dependency
+    with pytest.raises(MlxlabError, match="teacher-url"):
+        make_teacher("smollm2", url="http://127.0.0.1:1", backend="mlx")
+
+
+@pytest.mark.slow
+def test_auto_in_sdg_is_reported_and_a_failure_mid_batch_resumes(smollm2_gguf, tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    import mlxlab.device
+    from mlxlab.llama_batch import LlamaBatch
+    from mlxlab.sdg import generate_data
+
+    monkeypatch.setattr(mlxlab.device, "current_device", lambda: "cpu")
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    settings = dict(samples_per_seed=2, max_tokens=24, batch_size=2, quiet=True, allow_empty=True)
+    real = LlamaBatch._decode
+    calls = {"n": 0}
+
+    def failing(self, entries, *, prefill):
+        calls["n"] += 1
+        if calls["n"] > 40:                              # after the first groups are in the journal
+            raise MlxlabError("llama.cpp llama_decode failed with code -1 (injected)")
+        return real(self, entries, prefill=prefill)
+
+    monkeypatch.setattr(LlamaBatch, "_decode", failing)
+    with pytest.raises(MlxlabError, match="injected"):
+        generate_data(tax, output=tmp_path / "data", **settings)
+    journal = tmp_path / "data" / ".journal" / "compositional_skills__writing__haiku.jsonl"
+    done = len(journal.read_text().splitlines()) - 1
+    assert done >= 2 and not (tmp_path / "data" / "report.json").exists()
+    monkeypatch.setattr(LlamaBatch, "_decode", real)
+    result = generate_data(tax, output=tmp_path / "data", **settings)
+    report = json.loads(result.report.read_text())
+    assert report["backend"] == "llama-cpp" and "auto" in report["backend_reason"]
+    assert report["methods"]["scorer"] == "likelihood"        # scoring works on this backend
+    units = [json.loads(line)["unit"] for line in journal.read_text().splitlines()[1:]]
+    assert len(units) == len(set(units)) and len(units) > done  # resumed: nothing done twice
