@@ -7,12 +7,12 @@ A checkpoint is `checkpoints/iter_NNNNNN/` with mlx-lm's adapter files, `optimiz
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from mlxlab.config import TrainConfig, to_dict
 from mlxlab.errors import MlxlabError
+from mlxlab.files import atomic_path, atomic_write, recover_dir, replace_dir
 
 # Settings that change the trajectory: a checkpoint made under other values cannot be resumed.
 _TRAJECTORY = ("method", "lora_rank", "lora_scale", "lora_dropout", "num_layers", "lora_keys", "optimizer",
@@ -26,9 +26,9 @@ def _flat(tree) -> list:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` then an fsynced rename of tmp to `path` (see `mlxlab.files`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_adapters(model, folder: Path, config: dict) -> None:
@@ -39,9 +39,8 @@ def save_adapters(model, folder: Path, config: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(_flat(model.trainable_parameters()))
     # mx.save_safetensors appends .safetensors to names without it, so the temp name keeps the suffix
-    tmp = folder / "adapters.tmp.safetensors"
-    mx.save_safetensors(str(tmp), weights)
-    os.replace(tmp, folder / "adapters.safetensors")
+    with atomic_path(folder / "adapters.safetensors", suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), weights)
     _write_atomic(folder / "adapter_config.json", lambda p: save_config(dict(config), p))
 
 
@@ -53,17 +52,19 @@ def save_checkpoint(output: Path, step: int, model, optimizer, state: dict, conf
     staging = final.with_name(final.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     save_adapters(model, staging, config)
-    mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(_flat(optimizer.state)))
-    (staging / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with atomic_path(staging / "optimizer.safetensors", suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), dict(_flat(optimizer.state)))
+    atomic_write(staging / "state.json", json.dumps(state, indent=2))
+    # an older checkpoint of this step stays on disk (as iter_N.old) until the new one is in place
+    replace_dir(staging, final)
     return final
 
 
 def checkpoints(output: Path) -> dict[int, Path]:
     """Complete checkpoints under `output` by iteration."""
     found = {}
+    for old in (Path(output) / "checkpoints").glob("iter_*.old"):
+        recover_dir(old.with_name(old.name[:-4]))          # a crash between replace_dir's two renames
     for path in (Path(output) / "checkpoints").glob("iter_*"):
         if path.name[5:].isdigit() and (path / "state.json").is_file():
             found[int(path.name[5:])] = path

@@ -403,12 +403,9 @@ def save_resolved(path: str | Path, *configs) -> Path:
     """Write the resolved settings as YAML (atomically) so a run can be reproduced."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(*configs), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mlxlab.files import atomic_write
+
+    return atomic_write(Path(path), yaml.safe_dump(to_dict(*configs), sort_keys=False))
 
 
 def render_default_config() -> str:
@@ -435,11 +432,9 @@ def init_config(path: str | Path = PROJECT_FILE, *, force: bool = False) -> Path
     if path.exists() and not force:
         raise MlxlabError(f"{path} already exists; not overwriting it", path=path,
                           hint="edit it, or pass --force to replace it with the defaults")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_default_config(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mlxlab.files import atomic_write
+
+    return atomic_write(path, render_default_config())
 
 
 @dataclass

@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mlxlab.files import cache_dir, replace_dir
+
 DOCUMENT_SUFFIXES = (".md", ".txt", ".pdf")
 GIT_TIMEOUT_S = 600
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
@@ -38,11 +40,6 @@ class Documents:
     root: Path | None          # the folder the patterns were matched in
     files: tuple[Path, ...]    # matched .md/.txt/.pdf files, sorted
     notes: tuple[Note, ...]
-
-
-def cache_dir() -> Path:
-    """mlxlab's cache folder: $MLXLAB_CACHE, else ~/.cache/mlxlab."""
-    return Path(os.environ.get("MLXLAB_CACHE") or Path.home() / ".cache" / "mlxlab")
 
 
 def run_git(cwd: str | Path | None, *args: str, check: bool = True) -> str:
@@ -75,9 +72,7 @@ def _export(git_cwd: Path, sha: str, prefix: str, dest: Path) -> bool:
                 tar.extractall(tmp, **kwargs)
         if proc.returncode != 0:
             return False
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        replace_dir(tmp, dest)
         return True
     except (OSError, tarfile.TarError, subprocess.SubprocessError):
         return False

@@ -28,7 +28,8 @@ from typing import TextIO
 from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
 from mlxlab.plots import summarize
-from mlxlab.sdg import _atomic_write, rouge_l
+from mlxlab.files import atomic_write as _atomic_write
+from mlxlab.sdg import rouge_l
 from mlxlab.teacher import Teacher, make_teacher
 
 DEFAULT_SET = Path(__file__).parent / "prompts" / "eval_jolie.yaml"

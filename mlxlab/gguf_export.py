@@ -393,13 +393,9 @@ def write_modelfile(gguf_path: Path, chat_template: str | None, eos: str | None)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    """Write a small text file through a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from mlxlab.files import atomic_write
+
+    atomic_write(path, text)
 
 
 def _output_path(output: str | Path, model_dir: Path, out_type: str) -> Path:

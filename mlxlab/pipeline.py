@@ -113,9 +113,9 @@ def _files(base: Path, *paths: Path) -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from mlxlab.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _now() -> str:

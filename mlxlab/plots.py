@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 
@@ -82,9 +81,10 @@ def _pyplot() -> _Figures:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    from mlxlab.files import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 
@@ -243,6 +243,6 @@ def sweep_table(summary: dict, path: Path, plots: dict[str, Path] | None = None)
                        f"{losses[-1][0]}): {last - first:+.4f} ({(last - first) / first:+.1%}).")]
     if plots:
         lines += ["", *(f"![{name}]({p.name})" for name, p in plots.items())]
-    from mlxlab.sdg import _atomic_write
+    from mlxlab.files import atomic_write as _atomic_write
 
     return _atomic_write(path, "\n".join(lines) + "\n")

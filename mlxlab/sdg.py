@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlxlab.config import GenerateConfig
 from mlxlab.errors import MlxlabError
+from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
 
@@ -134,12 +135,6 @@ def _loads(line: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def leaf_key(name: str) -> str:

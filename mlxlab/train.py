@@ -93,7 +93,8 @@ def load_base(model_ref, cfg: TrainConfig):
             group = 64
             nn.quantize(model, group_size=group, bits=cfg.quantize,
                         class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % group == 0)
-            apply_dtype(model)
+            # cast scales and norms only: the CPU policy would expand the 4-bit weights back to float (plain LoRA)
+            apply_dtype(model, dequantize_on_load="never")
     return model, tokenizer, fingerprint
 
 

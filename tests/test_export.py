@@ -210,7 +210,9 @@ def test_fuse_reproduces_the_adapter_model(dora, tiny_llama, tmp_path):
     assert np.abs(with_adapters - base).max() > 1e-2          # the training changed something
     np.testing.assert_allclose(fused, with_adapters, atol=1e-4)
     # and the fused model exports and verifies like any other
-    exported = pytest.importorskip("mlxlab.gguf_export").export_gguf(result.path, tmp_path / "gguf")
+    from mlxlab.gguf_export import export_gguf      # a broken import must fail here, not skip
+
+    exported = export_gguf(result.path, tmp_path / "gguf")
     assert exported.top1_agreement >= 0.95
 
 
