@@ -83,8 +83,13 @@ def _set_by_path(tree, key: str, value) -> None:
         node[parts[-1]] = value
 
 
-def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerprint: str, data_id: str) -> dict:
-    """Load a checkpoint's adapters and optimizer state after checking it belongs to this model, data and setup."""
+def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerprint: str, data_id: str,
+                       num_iters: int | None = None) -> dict:
+    """Load a checkpoint's adapters and optimizer state after checking it belongs to this model, data and setup.
+
+    `num_iters` is this run's planned length: a cosine schedule decays over the length it was planned for, so a
+    different length would silently bend the rest of the trajectory; that is refused.
+    """
     import mlx.core as mx
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -100,6 +105,12 @@ def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerpri
         raise MlxlabError("cannot resume with changed settings: " + ", ".join(
             f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed), path=path,
             hint="use the settings of the interrupted run, or train into a new --output")
+    planned = state.get("num_iters")
+    if num_iters is not None and planned is not None and planned != num_iters and cfg.lr_schedule != "constant":
+        raise MlxlabError(f"cannot resume: this run was planned for {planned} iterations and now asks for {num_iters}; "
+                          f"its {cfg.lr_schedule} learning-rate schedule decays over the planned length", path=path,
+                          hint=f"resume with the interrupted run's length (--num-iters {planned}), or train into a "
+                               "new --output")
     model.load_weights(str(path / "adapters.safetensors"), strict=False)
     for key, value in mx.load(str(path / "optimizer.safetensors")).items():
         _set_by_path(optimizer.state, key, value)

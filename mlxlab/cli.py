@@ -233,6 +233,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     server = start_server(args.model or _settings(args, ModelConfig).model, host=cfg.host, port=cfg.port,
                           api_key=cfg.api_key, n_ctx=cfg.n_ctx)
+
+    def ended(signum, _frame):          # SIGTERM / SIGHUP: leave through `finally`, which stops the server
+        raise SystemExit(128 + signum)
+
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), ended)
     try:
         _print(f"serving on {server.url} (OpenAI-compatible; Ctrl-C stops it)")
         while server.process.poll() is None:

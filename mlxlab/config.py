@@ -460,7 +460,8 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "listen address (0.0.0.0 exposes it to the network)"})
     port: int = field(default=8000, metadata={"help": "listen port (0: any free port)"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (Authorization: Bearer KEY)"})
-    n_ctx: int = field(default=2048, metadata={"help": "context length of the llama.cpp server"})
+    n_ctx: int | None = field(default=None, metadata={
+        "help": "context length of the llama.cpp server (GGUF models only; default 2048)"})
 
 
 @dataclass

@@ -325,7 +325,7 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
     evals: list[dict] = []              # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
     if cfg.resume and existing:
         newest = max(existing)
-        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id)["step"]
+        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
         say(f"resuming from {existing[newest]} (iteration {start})")
         # drop log lines a killed run wrote after its last checkpoint
         if log_path.is_file():

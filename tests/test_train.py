@@ -204,6 +204,10 @@ def test_resume_refuses_another_model_and_changed_settings(tiny_llama, make_tiny
         train(other, chat_data, out, num_iters=2, resume=True, **FAST)
     with pytest.raises(MlxlabError, match="lora_rank"):
         train(tiny_llama, chat_data, out, num_iters=2, resume=True, lora_rank=4, **FAST)
+    # a longer run would bend the cosine schedule the checkpoint was made under: refused, with the way out
+    with pytest.raises(MlxlabError, match="planned for 2 iterations") as info:
+        train(tiny_llama, chat_data, out, num_iters=5, resume=True, **FAST)
+    assert "--num-iters 2" in info.value.hint
 
 
 def test_phases_chain(tiny_llama, chat_data, tmp_path):
