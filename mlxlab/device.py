@@ -108,7 +108,26 @@ def import_mlx():
     """`mlx.core`, imported after binding OpenBLAS (use this instead of a bare import)."""
     bind_blas()
     import mlx.core as mx
+
+    _say_once_without_openblas(mx)
     return mx
+
+
+def _say_once_without_openblas(mx) -> None:
+    """On a Linux CPU without OpenBLAS, say once (on stderr) what it costs and the command that fixes it."""
+    if _blas_state["warned"] or sys.platform != "linux" or _blas_state["bound"] is not None:
+        return
+    if not _blas_state["reason"].startswith("OpenBLAS not found"):
+        return
+    _blas_state["warned"] = True
+    try:
+        on_cpu = mx.default_device() == mx.cpu
+    except Exception:  # a device query that fails says nothing about BLAS
+        on_cpu = True
+    if on_cpu:
+        print("mlxlab: OpenBLAS is not installed, so MLX's CPU matmuls use its reference BLAS: ~24x slower "
+              "(`mlxlab run` ~10x). Fix: sudo apt-get install libopenblas0-pthread   "
+              f"(or set {BLAS_ENV}=/path/to/libopenblas.so.0)", file=sys.stderr)
 
 
 def gpu_available() -> bool:

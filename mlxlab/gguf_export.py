@@ -44,6 +44,9 @@ PROBE = ("The quick brown fox jumps over the lazy dog. In 1969, 3 astronauts fle
 # (a broken export agrees at ~1/vocab of the positions; tiny random models with flat logits disagree often)
 _MIN_TOP1 = {"f32": 0.8, "f16": 0.8, "bf16": 0.8, "q8_0": 0.5}
 _MIN_TOP1_DEFAULT = 0.15
+# llama.cpp runs in subprocesses (a bad file can abort it); none may hang an export forever
+QUANTIZE_TIMEOUT_S = 3600
+VERIFY_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -282,8 +285,13 @@ def quantize_gguf(source: Path, dest: Path, out_type: str) -> None:
     from mlxlab.device import llama_threads
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
-    proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
-                           str(max(1, llama_threads()))], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
+                               str(max(1, llama_threads()))], capture_output=True, text=True,
+                              timeout=QUANTIZE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MlxlabError(f"llama.cpp's quantizer did not finish within {QUANTIZE_TIMEOUT_S} s ({out_type})",
+                          path=source, hint="check free memory and disk; try --out-type q8_0 or f16") from None
     if proc.returncode != 0 or not dest.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise MlxlabError(f"llama.cpp could not quantize to {out_type} (exit {proc.returncode}): {tail}",
@@ -330,8 +338,12 @@ def verify_gguf(gguf_path: Path, model_dir: Path, *, probe: str = PROBE, out_typ
     with tempfile.TemporaryDirectory(prefix="mlxlab-verify-") as tmp:
         args = {"gguf": str(gguf_path), "tokens": tokens, "text": text, "n_ctx": max(64, len(tokens) + 8),
                 "threads": max(1, llama_threads()), "logits": f"{tmp}/logits.npy", "info": f"{tmp}/info.json"}
-        proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
-                              text=True)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
+                                  text=True, timeout=VERIFY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise MlxlabError(f"llama.cpp did not finish checking the exported GGUF within {VERIFY_TIMEOUT_S} s",
+                              path=gguf_path, hint="check free memory; or export with --no-verify") from None
         if proc.returncode != 0:
             lines = (proc.stderr + proc.stdout).strip().splitlines()
             tail = "\n".join(([x for x in lines if "error" in x.lower() or "fail" in x.lower()] or lines)[-6:])
