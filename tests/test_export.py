@@ -275,3 +275,24 @@ def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp
     with pytest.raises(MlxlabError, match="did not finish checking"):
         ge.export_gguf(tiny_llama, tmp_path / "checked.gguf", out_type="f16")
     assert not (tmp_path / "checked.gguf").exists()          # a failed export leaves no file
+
+
+def test_quantized_exports_are_checked_against_llama_cpps_own_quantizer(tiny_llama, tmp_path, monkeypatch):
+    import mlxlab.gguf_export as ge
+
+    q8 = ge.export_gguf(tiny_llama, tmp_path / "q8.gguf", out_type="q8_0")
+    ref = json.loads(q8.verify_report.read_text())["reference"]
+    # mlxlab's q8_0 writer and llama.cpp's q8_0 quantizer of the f16 export agree (up to rounding at ties)
+    assert ref["top1_agreement"] >= 0.95 and ref["max_abs_logit_diff"] < 0.05
+    k4 = json.loads(ge.export_gguf(tiny_llama, tmp_path / "k4.gguf", out_type="q4_k_m").verify_report.read_text())
+    assert "quantizer on this model's f16" in k4["reference"]["what"]
+    # a q8_0 writer bug that MLX's loose q8_0 threshold lets through: the down projections come out 1.5x too big
+    real = ge._tensor_data
+
+    def skewed(name, value, out_type):
+        return real(name, value * 1.5 if "ffn_down" in name and out_type == "q8_0" else value, out_type)
+
+    monkeypatch.setattr(ge, "_tensor_data", skewed)
+    with pytest.raises(MlxlabError, match="llama.cpp's own q8_0"):         # MLX's loose q8_0 check passes it
+        ge.export_gguf(tiny_llama, tmp_path / "bad.gguf", out_type="q8_0")
+    assert not (tmp_path / "bad.gguf").exists()
