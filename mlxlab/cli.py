@@ -26,14 +26,7 @@ def _setup_device(args: argparse.Namespace) -> DeviceConfig:
     from mlxlab import device
 
     cfg = _settings(args, DeviceConfig)
-    device.select_device(cfg.device)
-    device.dtype_name(cfg.dtype)  # validates the value early
-    import os
-
-    # Stages read the policy from the environment, so a flag reaches every model load in this process.
-    for env, value in ((device.DTYPE_ENV, cfg.dtype), (device.DEQUANTIZE_ENV, cfg.dequantize_on_load)):
-        if value != "auto":
-            os.environ[env] = value
+    device.apply_device_config(cfg)     # for the whole CLI process: a flag reaches every model load
     return cfg
 
 

@@ -12,6 +12,7 @@ Nothing here imports mlx at module import time: `bind_blas()` must be able to ru
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -173,6 +174,43 @@ def select_device(device: str | None = None) -> str:
         choice = "gpu" if gpu_available() else "cpu"
     mx.set_default_device(mx.gpu if choice == "gpu" else mx.cpu)
     return choice
+
+
+def apply_device_config(cfg) -> dict[str, str | None]:
+    """Apply a `DeviceConfig` (the `device:` section) to this process; returns the environment it replaced.
+
+    The device becomes MLX's default; the dtype and dequantize policies go into the environment, where every
+    model load (also in stages that run later) reads them.
+    """
+    select_device(cfg.device)
+    dtype_name(cfg.dtype)               # validates the value early
+    replaced: dict[str, str | None] = {}
+    for env, value in ((DEVICE_ENV, cfg.device), (DTYPE_ENV, cfg.dtype), (DEQUANTIZE_ENV, cfg.dequantize_on_load)):
+        if value != "auto":
+            replaced[env] = os.environ.get(env)
+            os.environ[env] = value
+    return replaced
+
+
+def policy_from_env() -> dict[str, str]:
+    """The device settings already in this process's environment (CLI flags put them there): they outrank a
+    config file's `device:` section."""
+    names = {"device": DEVICE_ENV, "dtype": DTYPE_ENV, "dequantize_on_load": DEQUANTIZE_ENV}
+    return {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
+
+
+@contextlib.contextmanager
+def device_policy(cfg):
+    """`apply_device_config` for the length of a `with` block (the Python API leaves the process as it was)."""
+    replaced = apply_device_config(cfg)
+    try:
+        yield
+    finally:
+        for env, value in replaced.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 def current_device() -> str:
