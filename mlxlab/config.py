@@ -156,16 +156,6 @@ class GenerateConfig:
     replay_ratio: float = field(default=0.0, metadata={"help": "replay samples per generated sample (e.g. 0.5)"})
 
 
-# YAML section name -> its dataclass. Later stages add theirs here.
-SECTIONS: dict[str, type] = {
-    "device": DeviceConfig,
-    "model": ModelConfig,
-    "taxonomy": TaxonomyConfig,
-    "train": TrainConfig,
-    "generate": GenerateConfig,
-}
-
-
 @dataclass(frozen=True)
 class Setting:
     """A value read from a config file, with where it came from."""
@@ -475,9 +465,6 @@ class ChatConfig:
     max_tokens: int = field(default=512, metadata={"help": "most new tokens per answer"})
 
 
-SECTIONS.update({"fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig})
-
-
 @dataclass
 class AttentionConfig:
     """Attention maps of a prompt and the model's answer (also on 4-bit models)."""
@@ -491,9 +478,6 @@ class AttentionConfig:
     chat: bool = field(default=True, metadata={"help": "wrap the prompt in the model's chat template"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the answer (0: greedy)"})
     seed: int = field(default=0, metadata={"help": "random seed for sampling"})
-
-
-SECTIONS["attention"] = AttentionConfig
 
 
 @dataclass
@@ -522,9 +506,6 @@ class EvalConfig:
     judge_max_tokens: int = field(default=128, metadata={"help": "most new tokens per judgement"})
     iters: list[int] = field(default_factory=lambda: [100, 250, 500, 1000], metadata={
         "help": "sweep: iterations to checkpoint and evaluate at, e.g. 100,250,500,1000"})
-
-
-SECTIONS["eval"] = EvalConfig
 
 
 @dataclass
@@ -563,4 +544,9 @@ class RunConfig:
     out_type: str = field(default="q8_0", metadata={"help": "export: GGUF type (f16, q8_0, q4_k_m, ...)"})
 
 
-SECTIONS["run"] = RunConfig
+# YAML section name -> its dataclass: the one table (also the order of `mlxlab config init`'s sections)
+SECTIONS: dict[str, type] = {
+    "device": DeviceConfig, "model": ModelConfig, "taxonomy": TaxonomyConfig, "train": TrainConfig,
+    "generate": GenerateConfig, "fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig,
+    "attention": AttentionConfig, "eval": EvalConfig, "run": RunConfig,
+}
