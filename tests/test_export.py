@@ -11,10 +11,6 @@ import pytest
 import conftest
 from mlxlab.errors import MlxlabError
 
-# gemma3 (text) is exported too; llama.cpp assumes its 5-local-1-global layer pattern, so the tiny one has 6 layers
-conftest._ARCH_CONFIGS.setdefault("gemma3_text", dict(
-    architectures=["Gemma3ForCausalLM"], num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16,
-    sliding_window=256, sliding_window_pattern=6))
 
 # f16 max abs logit difference allowed per architecture: gemma's GELU and scaled embeddings run through
 # llama.cpp's f16 GELU table and f16 activations, so its tiny random models drift more (see the benchmark)
