@@ -62,15 +62,12 @@ def main() -> None:
     import conftest
     from mlxlab.models import load_model
 
-    conftest._ARCH_CONFIGS.setdefault("gemma3_text", dict(
-        architectures=["Gemma3ForCausalLM"], num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16,
-        sliding_window=512, sliding_window_pattern=6))
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlxlab-fidelity-") as tmp:
         root = Path(tmp)
         tokenizer_dir = conftest._train_tokenizer(root / "tokenizer")
         # mlx-lm's gemma2 has no sliding window while llama.cpp applies it: keep the window past the probe
-        extra = {"gemma2": {"sliding_window": 4096}}
+        extra = {"gemma2": {"sliding_window": 4096}, "gemma3_text": {"sliding_window": 512}}
         models = [(arch, conftest.build_tiny_model(arch, root / arch, tokenizer_dir, **extra.get(arch, {})),
                    TINY_TYPES) for arch in TINY_ARCHS]
         if not args.no_smollm:

@@ -10,7 +10,6 @@ Memory is the model plus the maps (len(layers) x heads x T x T float32).
 from __future__ import annotations
 
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mlxlab.errors import MlxlabError
+from mlxlab.files import atomic_path
 
 # module of mlx-lm's attention class -> what it covers; these share llama's q/k/rope/scale layout
 _SUPPORTED = {
@@ -223,13 +223,11 @@ def _write(result: AttentionResult, output: Path, per_head: Sequence[int]) -> At
     """Save the arrays and heatmaps under `output` (atomically) and return the result with their paths."""
     output.mkdir(parents=True, exist_ok=True)
     arrays = output / "attention.npz"
-    tmp = arrays.with_name(arrays.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(arrays) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, weights=result.weights, tokens=np.array(result.tokens, dtype=str),
                             token_ids=np.array(result.token_ids),
                             layers=np.array(result.layers), heads=np.array(result.heads),
                             prompt_length=result.prompt_length, answer=result.answer)
-    os.replace(tmp, arrays)
     pngs = []
     for layer in result.layers:
         pngs.append(plot_attention(result, layer, path=output / f"layer{layer:02d}_mean.png"))
@@ -272,10 +270,8 @@ def _draw(ax, data: np.ndarray, tokens: list[str], prompt_length: int, title: st
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

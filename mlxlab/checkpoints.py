@@ -7,12 +7,12 @@ A checkpoint is `checkpoints/iter_NNNNNN/` with mlx-lm's adapter files, `optimiz
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from mlxlab.config import TrainConfig, to_dict
 from mlxlab.errors import MlxlabError
+from mlxlab.files import atomic_path, atomic_write, recover_dir, replace_dir
 
 # Settings that change the trajectory: a checkpoint made under other values cannot be resumed.
 _TRAJECTORY = ("method", "lora_rank", "lora_scale", "lora_dropout", "num_layers", "lora_keys", "optimizer",
@@ -26,9 +26,9 @@ def _flat(tree) -> list:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` then an fsynced rename of tmp to `path` (see `mlxlab.files`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_adapters(model, folder: Path, config: dict) -> None:
@@ -39,9 +39,8 @@ def save_adapters(model, folder: Path, config: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(_flat(model.trainable_parameters()))
     # mx.save_safetensors appends .safetensors to names without it, so the temp name keeps the suffix
-    tmp = folder / "adapters.tmp.safetensors"
-    mx.save_safetensors(str(tmp), weights)
-    os.replace(tmp, folder / "adapters.safetensors")
+    with atomic_path(folder / "adapters.safetensors", suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), weights)
     _write_atomic(folder / "adapter_config.json", lambda p: save_config(dict(config), p))
 
 
@@ -53,17 +52,19 @@ def save_checkpoint(output: Path, step: int, model, optimizer, state: dict, conf
     staging = final.with_name(final.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     save_adapters(model, staging, config)
-    mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(_flat(optimizer.state)))
-    (staging / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with atomic_path(staging / "optimizer.safetensors", suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), dict(_flat(optimizer.state)))
+    atomic_write(staging / "state.json", json.dumps(state, indent=2))
+    # an older checkpoint of this step stays on disk (as iter_N.old) until the new one is in place
+    replace_dir(staging, final)
     return final
 
 
 def checkpoints(output: Path) -> dict[int, Path]:
     """Complete checkpoints under `output` by iteration."""
     found = {}
+    for old in (Path(output) / "checkpoints").glob("iter_*.old"):
+        recover_dir(old.with_name(old.name[:-4]))          # a crash between replace_dir's two renames
     for path in (Path(output) / "checkpoints").glob("iter_*"):
         if path.name[5:].isdigit() and (path / "state.json").is_file():
             found[int(path.name[5:])] = path
@@ -82,8 +83,13 @@ def _set_by_path(tree, key: str, value) -> None:
         node[parts[-1]] = value
 
 
-def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerprint: str, data_id: str) -> dict:
-    """Load a checkpoint's adapters and optimizer state after checking it belongs to this model, data and setup."""
+def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerprint: str, data_id: str,
+                       num_iters: int | None = None) -> dict:
+    """Load a checkpoint's adapters and optimizer state after checking it belongs to this model, data and setup.
+
+    `num_iters` is this run's planned length: a cosine schedule decays over the length it was planned for, so a
+    different length would silently bend the rest of the trajectory; that is refused.
+    """
     import mlx.core as mx
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -99,6 +105,12 @@ def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerpri
         raise MlxlabError("cannot resume with changed settings: " + ", ".join(
             f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed), path=path,
             hint="use the settings of the interrupted run, or train into a new --output")
+    planned = state.get("num_iters")
+    if num_iters is not None and planned is not None and planned != num_iters and cfg.lr_schedule != "constant":
+        raise MlxlabError(f"cannot resume: this run was planned for {planned} iterations and now asks for {num_iters}; "
+                          f"its {cfg.lr_schedule} learning-rate schedule decays over the planned length", path=path,
+                          hint=f"resume with the interrupted run's length (--num-iters {planned}), or train into a "
+                               "new --output")
     model.load_weights(str(path / "adapters.safetensors"), strict=False)
     for key, value in mx.load(str(path / "optimizer.safetensors")).items():
         _set_by_path(optimizer.state, key, value)

@@ -26,14 +26,7 @@ def _setup_device(args: argparse.Namespace) -> DeviceConfig:
     from mlxlab import device
 
     cfg = _settings(args, DeviceConfig)
-    device.select_device(cfg.device)
-    device.dtype_name(cfg.dtype)  # validates the value early
-    import os
-
-    # Stages read the policy from the environment, so a flag reaches every model load in this process.
-    for env, value in ((device.DTYPE_ENV, cfg.dtype), (device.DEQUANTIZE_ENV, cfg.dequantize_on_load)):
-        if value != "auto":
-            os.environ[env] = value
+    device.apply_device_config(cfg)     # for the whole CLI process: a flag reaches every model load
     return cfg
 
 
@@ -233,6 +226,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     server = start_server(args.model or _settings(args, ModelConfig).model, host=cfg.host, port=cfg.port,
                           api_key=cfg.api_key, n_ctx=cfg.n_ctx)
+
+    def ended(signum, _frame):          # SIGTERM / SIGHUP: leave through `finally`, which stops the server
+        raise SystemExit(128 + signum)
+
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), ended)
     try:
         _print(f"serving on {server.url} (OpenAI-compatible; Ctrl-C stops it)")
         while server.process.poll() is None:

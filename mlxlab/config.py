@@ -156,16 +156,6 @@ class GenerateConfig:
     replay_ratio: float = field(default=0.0, metadata={"help": "replay samples per generated sample (e.g. 0.5)"})
 
 
-# YAML section name -> its dataclass. Later stages add theirs here.
-SECTIONS: dict[str, type] = {
-    "device": DeviceConfig,
-    "model": ModelConfig,
-    "taxonomy": TaxonomyConfig,
-    "train": TrainConfig,
-    "generate": GenerateConfig,
-}
-
-
 @dataclass(frozen=True)
 class Setting:
     """A value read from a config file, with where it came from."""
@@ -403,12 +393,9 @@ def save_resolved(path: str | Path, *configs) -> Path:
     """Write the resolved settings as YAML (atomically) so a run can be reproduced."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(*configs), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mlxlab.files import atomic_write
+
+    return atomic_write(Path(path), yaml.safe_dump(to_dict(*configs), sort_keys=False))
 
 
 def render_default_config() -> str:
@@ -435,11 +422,9 @@ def init_config(path: str | Path = PROJECT_FILE, *, force: bool = False) -> Path
     if path.exists() and not force:
         raise MlxlabError(f"{path} already exists; not overwriting it", path=path,
                           hint="edit it, or pass --force to replace it with the defaults")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_default_config(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mlxlab.files import atomic_write
+
+    return atomic_write(path, render_default_config())
 
 
 @dataclass
@@ -465,7 +450,8 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "listen address (0.0.0.0 exposes it to the network)"})
     port: int = field(default=8000, metadata={"help": "listen port (0: any free port)"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (Authorization: Bearer KEY)"})
-    n_ctx: int = field(default=2048, metadata={"help": "context length of the llama.cpp server"})
+    n_ctx: int | None = field(default=None, metadata={
+        "help": "context length of the llama.cpp server (GGUF models only; default 2048)"})
 
 
 @dataclass
@@ -477,9 +463,6 @@ class ChatConfig:
     system: str | None = field(default=None, metadata={"help": "system prompt"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
     max_tokens: int = field(default=512, metadata={"help": "most new tokens per answer"})
-
-
-SECTIONS.update({"fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig})
 
 
 @dataclass
@@ -495,9 +478,6 @@ class AttentionConfig:
     chat: bool = field(default=True, metadata={"help": "wrap the prompt in the model's chat template"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the answer (0: greedy)"})
     seed: int = field(default=0, metadata={"help": "random seed for sampling"})
-
-
-SECTIONS["attention"] = AttentionConfig
 
 
 @dataclass
@@ -526,9 +506,6 @@ class EvalConfig:
     judge_max_tokens: int = field(default=128, metadata={"help": "most new tokens per judgement"})
     iters: list[int] = field(default_factory=lambda: [100, 250, 500, 1000], metadata={
         "help": "sweep: iterations to checkpoint and evaluate at, e.g. 100,250,500,1000"})
-
-
-SECTIONS["eval"] = EvalConfig
 
 
 @dataclass
@@ -567,4 +544,9 @@ class RunConfig:
     out_type: str = field(default="q8_0", metadata={"help": "export: GGUF type (f16, q8_0, q4_k_m, ...)"})
 
 
-SECTIONS["run"] = RunConfig
+# YAML section name -> its dataclass: the one table (also the order of `mlxlab config init`'s sections)
+SECTIONS: dict[str, type] = {
+    "device": DeviceConfig, "model": ModelConfig, "taxonomy": TaxonomyConfig, "train": TrainConfig,
+    "generate": GenerateConfig, "fuse": FuseConfig, "export": ExportConfig, "serve": ServeConfig, "chat": ChatConfig,
+    "attention": AttentionConfig, "eval": EvalConfig, "run": RunConfig,
+}

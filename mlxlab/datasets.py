@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -179,11 +178,9 @@ def self_replay(teacher, output: str | Path, *, prompts: list[str] | None = None
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mlxlab.files import atomic_write
+
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,

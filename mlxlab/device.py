@@ -12,6 +12,7 @@ Nothing here imports mlx at module import time: `bind_blas()` must be able to ru
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -108,7 +109,26 @@ def import_mlx():
     """`mlx.core`, imported after binding OpenBLAS (use this instead of a bare import)."""
     bind_blas()
     import mlx.core as mx
+
+    _say_once_without_openblas(mx)
     return mx
+
+
+def _say_once_without_openblas(mx) -> None:
+    """On a Linux CPU without OpenBLAS, say once (on stderr) what it costs and the command that fixes it."""
+    if _blas_state["warned"] or sys.platform != "linux" or _blas_state["bound"] is not None:
+        return
+    if not _blas_state["reason"].startswith("OpenBLAS not found"):
+        return
+    _blas_state["warned"] = True
+    try:
+        on_cpu = mx.default_device() == mx.cpu
+    except Exception:  # a device query that fails says nothing about BLAS
+        on_cpu = True
+    if on_cpu:
+        print("mlxlab: OpenBLAS is not installed, so MLX's CPU matmuls use its reference BLAS: ~24x slower "
+              "(`mlxlab run` ~10x). Fix: sudo apt-get install libopenblas0-pthread   "
+              f"(or set {BLAS_ENV}=/path/to/libopenblas.so.0)", file=sys.stderr)
 
 
 def gpu_available() -> bool:
@@ -154,6 +174,43 @@ def select_device(device: str | None = None) -> str:
         choice = "gpu" if gpu_available() else "cpu"
     mx.set_default_device(mx.gpu if choice == "gpu" else mx.cpu)
     return choice
+
+
+def apply_device_config(cfg) -> dict[str, str | None]:
+    """Apply a `DeviceConfig` (the `device:` section) to this process; returns the environment it replaced.
+
+    The device becomes MLX's default; the dtype and dequantize policies go into the environment, where every
+    model load (also in stages that run later) reads them.
+    """
+    select_device(cfg.device)
+    dtype_name(cfg.dtype)               # validates the value early
+    replaced: dict[str, str | None] = {}
+    for env, value in ((DEVICE_ENV, cfg.device), (DTYPE_ENV, cfg.dtype), (DEQUANTIZE_ENV, cfg.dequantize_on_load)):
+        if value != "auto":
+            replaced[env] = os.environ.get(env)
+            os.environ[env] = value
+    return replaced
+
+
+def policy_from_env() -> dict[str, str]:
+    """The device settings already in this process's environment (CLI flags put them there): they outrank a
+    config file's `device:` section."""
+    names = {"device": DEVICE_ENV, "dtype": DTYPE_ENV, "dequantize_on_load": DEQUANTIZE_ENV}
+    return {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
+
+
+@contextlib.contextmanager
+def device_policy(cfg):
+    """`apply_device_config` for the length of a `with` block (the Python API leaves the process as it was)."""
+    replaced = apply_device_config(cfg)
+    try:
+        yield
+    finally:
+        for env, value in replaced.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 def current_device() -> str:

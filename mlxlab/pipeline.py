@@ -113,9 +113,9 @@ def _files(base: Path, *paths: Path) -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from mlxlab.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _now() -> str:
@@ -371,6 +371,18 @@ def run(name: str | None = None, *, taxonomy: str | Path | None = None, model: s
     named after its config section, e.g. `train={"learning_rate": 2e-4}`. Finished stages whose inputs did not
     change are skipped; `from_stage` redoes that stage and every later one.
     """
+    from mlxlab.config import DeviceConfig
+    from mlxlab.device import device_policy, policy_from_env
+
+    # the `device:` section of mlxlab.yaml holds for the run, from Python as from the CLI (whose flags, like
+    # MLXLAB_DEVICE / MLXLAB_DTYPE set by hand, come through the environment and win over the file)
+    with device_policy(resolve(DeviceConfig, file_config=load_config(config_file), **policy_from_env())):
+        return _run(name, taxonomy=taxonomy, model=model, teacher=teacher, runs_dir=runs_dir, from_stage=from_stage,
+                    stages=stages, config_file=config_file, quiet=quiet, **overrides)
+
+
+def _run(name, *, taxonomy, model, teacher, runs_dir, from_stage, stages, config_file, quiet,
+         **overrides) -> RunResult:
     start = time.perf_counter()
     plan = plan_run(name, taxonomy=taxonomy, model=model, teacher=teacher, runs_dir=runs_dir, stages=stages,
                     config_file=config_file, quiet=quiet, **overrides)

@@ -1,6 +1,6 @@
-"""Summaries, figures and tables of evaluation results, drawn as in the seed paper (section 4.2).
+"""Figures and tables of evaluation results, drawn as in the seed paper (section 4.2).
 
-`summarize` turns answer rows into per-model figures. For a sweep: score against iterations per prompt,
+The figures come from `mlxlab.evaluate.summarize`. For a sweep: score against iterations per prompt,
 the mean with its spread, all prompts side by side, the training loss with the held-out loss at each
 checkpoint, and a markdown table. matplotlib (Agg) is imported inside the functions, so importing this
 module stays cheap.
@@ -9,60 +9,7 @@ module stays cheap.
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
-
-
-def _stats(values: list[float]) -> dict | None:
-    """mean, std, min, max and n of `values` (None when empty)."""
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
-
-
-def score_of(row: dict, grades: dict[str, int]) -> tuple[float | None, str]:
-    """(0-5 score, its kind) of one answer: a manual grade, else the judge's, else 5 x ROUGE-L."""
-    if row["id"] in grades:
-        return float(grades[row["id"]]), "manual"
-    if row.get("judge_score") is not None:
-        return float(row["judge_score"]), "judge"
-    if row.get("rouge_l") is not None:
-        return 5.0 * row["rouge_l"], "rouge_l"
-    return None, "none"
-
-
-def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] | None = None) -> dict:
-    """Per model: score per prompt (mean, std, min, max), overall, ROUGE-L, judge figures, held-out loss."""
-    grades = grades or {}
-    kinds: set[str] = set()
-    models: dict[str, dict] = {}
-    for label in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == label]
-        scored = [(r, *score_of(r, grades)) for r in mine]
-        kinds.update(kind for _, s, kind in scored if s is not None)
-        per_prompt = {pid: _stats([s for r, s, _ in scored if r["prompt"] == pid and s is not None])
-                      for pid in dict.fromkeys(r["prompt"] for r in mine)}
-        means = [p["mean"] for p in per_prompt.values() if p]
-        judged = [r for r in mine if "judge_raw" in r]
-        models[label] = {
-            "iteration": mine[0].get("iteration"),
-            "score": _stats([s for _, s, _ in scored if s is not None]),
-            "score_of_prompt_means": _stats(means),
-            "prompts": per_prompt,
-            "rouge_l": _stats([r["rouge_l"] for r in mine if r.get("rouge_l") is not None]),
-            "judge": _stats([float(r["judge_score"]) for r in judged if r.get("judge_score") is not None]),
-            "judge_unparsed": sum(1 for r in judged if r.get("judge_score") is None),
-            "manual": _stats([float(grades[r["id"]]) for r in mine if r["id"] in grades]),
-            **losses.get(label, {"heldout_loss": None, "perplexity": None, "heldout_tokens": 0}),
-        }
-    kind = "mixed: " + ", ".join(sorted(kinds)) if len(kinds) > 1 else next(iter(kinds), "none")
-    return {"score_kind": kind, "score_note": {
-        "manual": "mean manual grade (0-5)", "judge": "mean judge score (0-5)",
-        "rouge_l": "5 x ROUGE-L against the reference answers (no judge given)"}.get(kind, kind),
-        "models": models}
 
 
 class _Figures:
@@ -82,9 +29,10 @@ def _pyplot() -> _Figures:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    from mlxlab.files import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 
@@ -243,6 +191,6 @@ def sweep_table(summary: dict, path: Path, plots: dict[str, Path] | None = None)
                        f"{losses[-1][0]}): {last - first:+.4f} ({(last - first) / first:+.1%}).")]
     if plots:
         lines += ["", *(f"![{name}]({p.name})" for name, p in plots.items())]
-    from mlxlab.sdg import _atomic_write
+    from mlxlab.files import atomic_write as _atomic_write
 
     return _atomic_write(path, "\n".join(lines) + "\n")

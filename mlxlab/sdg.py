@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlxlab.config import GenerateConfig
 from mlxlab.errors import MlxlabError
+from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
 
@@ -134,12 +135,6 @@ def _loads(line: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def leaf_key(name: str) -> str:
@@ -360,19 +355,19 @@ def _load_taxonomy(root: str):
 
 def _sections(leaf) -> list[dict]:
     """A knowledge leaf's document sections as question/answer pairs (`chunking.section_pairs`)."""
-    from mlxlab.chunking import TEXT_SUFFIXES, section_pairs
+    from mlxlab.chunking import READABLE_SUFFIXES, section_pairs
 
     if leaf.kind != "knowledge":
         return []
-    return section_pairs([p for p in leaf.documents if Path(p).suffix.lower() in TEXT_SUFFIXES])
+    return section_pairs([p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES])
 
 
 def _knowledge_chunks(leaf, teacher, cfg: GenerateConfig, stats: LeafStats) -> list:
-    from mlxlab.chunking import TEXT_SUFFIXES, chunk_documents
+    from mlxlab.chunking import READABLE_SUFFIXES, chunk_documents
 
-    docs = [p for p in leaf.documents if Path(p).suffix.lower() in TEXT_SUFFIXES]
+    docs = [p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES]
     for skipped in sorted(set(leaf.documents) - set(docs)):
-        stats.notes.append(f"skipped {skipped}: only .md and .txt documents are read")
+        stats.notes.append(f"skipped {skipped}: only .md, .txt and .pdf documents are read")
     chunks = chunk_documents(docs, teacher.count_tokens, chunk_tokens=cfg.chunk_tokens,
                              overlap_tokens=cfg.chunk_overlap)
     stats.notes.append(f"{len(docs)} document(s), {len(chunks)} chunk(s)")

@@ -4,7 +4,9 @@
         ...                                            # any OpenAI client, or mlxlab.chat
 
 The server runs in its own process (a bad GGUF can abort llama.cpp), is polled until it answers, and is
-stopped cleanly (SIGTERM, then SIGKILL) when the block ends, also on errors and Ctrl-C.
+stopped cleanly (SIGTERM, then SIGKILL) when the block ends, also on errors and Ctrl-C. The child also ends
+by itself when its parent dies (even by SIGKILL): a watchdog thread in it sees that it was orphaned. The
+API key travels in the child's environment, never on a command line that `ps` shows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from mlxlab.errors import MlxlabError
 
+DEFAULT_N_CTX = 2048
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
@@ -32,28 +36,59 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _command(model: str | Path, host: str, port: int, api_key: str | None, n_ctx: int) -> list[str]:
-    """The server command line for `model` (a .gguf file -> llama.cpp, else an MLX model directory)."""
+# Run in the child before the server module: exit when orphaned (the parent's pid is no longer our parent).
+_WATCHDOG = ("import os, sys, threading, time, runpy\n"
+             "parent = os.getppid()\n"
+             "def watch():\n"
+             "    while os.getppid() == parent:\n"
+             "        time.sleep(0.5)\n"
+             "    os._exit(0)\n"
+             "threading.Thread(target=watch, daemon=True).start()\n")
+
+
+def _command(model: str | Path, host: str, port: int, api_key: str | None,
+             n_ctx: int | None) -> tuple[list[str], dict[str, str]]:
+    """(command line, extra environment) of the server for `model` (.gguf -> llama.cpp, else mlx-lm)."""
     from mlxlab.device import llama_threads
 
     path = Path(str(model)).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise MlxlabError("no such file", path=path)
+        _check_gguf(path)
         threads = str(max(1, llama_threads()))
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host, "--port", str(port),
-               "--n_ctx", str(n_ctx), "--n_threads", threads, "--n_threads_batch", threads]
-        return cmd + (["--api_key", api_key] if api_key else [])
+        script = _WATCHDOG + ("sys.argv = ['llama_cpp.server'] + sys.argv[1:]\n"
+                              "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
+        cmd = [sys.executable, "-c", script, "--model", str(path), "--host", host, "--port", str(port),
+               "--n_ctx", str(n_ctx or DEFAULT_N_CTX), "--n_threads", threads, "--n_threads_batch", threads]
+        # llama-cpp-python's settings read API_KEY from the environment
+        return cmd, ({"API_KEY": api_key} if api_key else {})
     if api_key:
         raise MlxlabError("mlx-lm's server has no API keys; --api-key needs a GGUF model (served by llama.cpp)",
                           hint="export the model first: mlxlab export MODEL --out-type q4_k_m")
+    if n_ctx is not None:
+        raise MlxlabError("n_ctx sets the context of the llama.cpp server; mlx-lm's server has no such setting",
+                          hint="drop --n-ctx, or export the model to GGUF and serve that")
     from mlxlab.models import resolve_model
 
     model_dir = resolve_model(model)
     # run mlx-lm's server after `import mlxlab`, so MLX binds OpenBLAS on Linux
-    script = ("import sys, runpy, mlxlab; sys.argv = ['mlx_lm.server'] + sys.argv[1:]; "
-              "runpy.run_module('mlx_lm.server', run_name='__main__')")
-    return [sys.executable, "-c", script, "--model", str(model_dir), "--host", host, "--port", str(port)]
+    script = _WATCHDOG + ("import mlxlab\nsys.argv = ['mlx_lm.server'] + sys.argv[1:]\n"
+                          "runpy.run_module('mlx_lm.server', run_name='__main__')\n")
+    return [sys.executable, "-c", script, "--model", str(model_dir), "--host", host, "--port", str(port)], {}
+
+
+def _check_gguf(path: Path) -> None:
+    """Refuse a file that is no GGUF before a server starts on it (and prints its own traceback)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise MlxlabError("not a GGUF file (it does not start with the GGUF magic bytes)", path=path,
+                          hint="pass a .gguf made by `mlxlab export` or llama.cpp")
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def _get(url: str, api_key: str | None, timeout: float = 2.0) -> int:
@@ -97,10 +132,16 @@ class Server:
 
 
 def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                 n_ctx: int = 2048, timeout: float = 180.0) -> Server:
-    """Start the server for `model` and return once it answers HTTP (port 0: pick a free port)."""
+                 n_ctx: int | None = None, timeout: float = 180.0) -> Server:
+    """Start the server for `model` and return once it answers HTTP (port 0: pick a free port).
+
+    `n_ctx` is the llama.cpp server's context (GGUF only; default 2048).
+    """
     port = port or free_port(host)
-    cmd = _command(model, host, port, api_key, n_ctx)
+    cmd, env = _command(model, host, port, api_key, n_ctx)
+    if not _loopback(host) and not api_key:
+        print(f"mlxlab: warning: serving on {host} without an API key: anyone who can reach this machine can use "
+              "the model (pass --api-key)", file=sys.stderr)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         if probe.connect_ex((host if host not in ("0.0.0.0", "") else "127.0.0.1", port)) == 0:
             raise MlxlabError(f"port {port} on {host} is already in use", hint="pass another --port (0 = any free one)")
@@ -108,7 +149,7 @@ def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     log = Path(log_name)
     with os.fdopen(fd, "wb") as handle:
         process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)      # its own group: stopped as a whole, not by Ctrl-C twice
+                                   start_new_session=True, env={**os.environ, **env})      # its own group: stopped as a whole, not by Ctrl-C twice
     local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     server = Server(process, f"http://{local}:{port}/v1", log)
     deadline = time.monotonic() + timeout
@@ -128,7 +169,7 @@ def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
 
 @contextlib.contextmanager
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          n_ctx: int = 2048, timeout: float = 180.0):
+          n_ctx: int | None = None, timeout: float = 180.0):
     """Run an OpenAI-compatible server for `model` for the length of a `with` block; yields its base URL."""
     server = start_server(model, host=host, port=port, api_key=api_key, n_ctx=n_ctx, timeout=timeout)
     try:

@@ -347,12 +347,18 @@ def _inspect(path: Path, root: Path | None, explicit: bool, fetch: bool, memo: d
     return facts
 
 
-def _check_file(path: Path, root: Path | None, *, explicit: bool, strict: bool, fetch: bool,
+def _check_file(path: Path, root: Path | None, *, explicit: bool | str, strict: bool, fetch: bool,
                 memo: dict) -> tuple[LeafReport, Leaf | None]:
     found: list[tuple[int, int, str, str]] = []
     add = lambda line, col, severity, message: found.append((line, col, severity, message))  # noqa: E731
+    where = ", ".join(f"{top}/" for top in TOP_FOLDERS)
+    if explicit == OUTSIDE and path.is_dir():
+        message = f"not a taxonomy: no {where} folder and no qna.yaml file below it"
+        return LeafReport(path, None, "unknown", None, (Problem(str(path), 1, 1, "error", message),)), None
+    if explicit == OUTSIDE:     # as InstructLab judges it: a leaf file outside the top folders is not a leaf
+        add(1, 1, "error", f"not in a taxonomy: a qna.yaml must be below one of {where} (the folder given has none)")
     try:
-        facts = _inspect(path, root, explicit, fetch, memo, add)
+        facts = _inspect(path, root, bool(explicit), fetch, memo, add)
     except Exception as exc:  # a bug in mlxlab or an unreadable file: still a Problem, never a traceback
         facts = {"kind": "unknown", "version": None}
         add(1, 1, "error", f"could not check this file: {type(exc).__name__}: {exc}")
@@ -382,6 +388,9 @@ def _find_root(folder: Path) -> Path | None:
     return None
 
 
+OUTSIDE = "outside"     # a target found in a folder that is no taxonomy
+
+
 def _taxonomy_root(folder: Path) -> Path:
     if any((folder / top).is_dir() for top in TOP_FOLDERS):
         return folder
@@ -396,14 +405,15 @@ def _is_leaf_file(rel: Path) -> bool:
     return len(rel.parts) > 1 and rel.parts[0] in TOP_FOLDERS and rel.name.casefold() in _FILE_NAMES
 
 
-def _walk(folder: Path, root: Path) -> list[Path]:
+def _walk(folder: Path, root: Path | None) -> list[Path]:
+    """Leaf files below `folder` (every qna.yaml when `root` is None: a folder outside any taxonomy)."""
     starts = [folder / top for top in TOP_FOLDERS] if folder == root else [folder]
     found = []
     for start in starts:
         for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [Path(dirpath, n) for n in filenames if n.casefold() in _FILE_NAMES]
-    return [p for p in found if _is_leaf_file(Path(os.path.relpath(p, root)))]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [Path(dirpath, n) for n in sorted(filenames) if n.casefold() in _FILE_NAMES]
+    return found if root is None else [p for p in found if _is_leaf_file(Path(os.path.relpath(p, root)))]
 
 
 def _check_all(targets: dict, *, strict: bool, fetch: bool) -> list[tuple[LeafReport, Leaf | None]]:
@@ -419,7 +429,13 @@ def _targets(paths: Iterable[str | Path]) -> dict:
         if given.is_file():
             targets.setdefault(given.resolve(), (given, _find_root(given.parent), True))
         elif given.is_dir():
-            root = _taxonomy_root(given)
+            try:
+                root = _taxonomy_root(given)
+            except UsageError:      # not a taxonomy: its files are reported invalid, the other roots go on
+                files = _walk(given, None) or [given]
+                for path in files:
+                    targets.setdefault(path.resolve(), (path, None, OUTSIDE))
+                continue
             for path in _walk(given, root):
                 targets.setdefault(path.resolve(), (path, root, False))
         else:

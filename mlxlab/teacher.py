@@ -279,6 +279,16 @@ class Teacher:
         """The mlx-lm tokenizer wrapper (mlx backend), else None."""
         return self._tokenizer
 
+    @property
+    def model(self):
+        """The in-process MLX model (mlx backend), else None."""
+        return self._model
+
+    def weights_changed(self) -> None:
+        """Say that the MLX model's weights changed in place (adapters swapped): prefilled prefixes are dropped,
+        since they hold keys and values of the old weights."""
+        self._prefixes.clear()
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the teacher's tokenizer (about 4 characters a token for remote teachers)."""
         if self._tokenizer is not None:

@@ -93,7 +93,8 @@ def load_base(model_ref, cfg: TrainConfig):
             group = 64
             nn.quantize(model, group_size=group, bits=cfg.quantize,
                         class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % group == 0)
-            apply_dtype(model)
+            # cast scales and norms only: the CPU policy would expand the 4-bit weights back to float (plain LoRA)
+            apply_dtype(model, dequantize_on_load="never")
     return model, tokenizer, fingerprint
 
 
@@ -324,7 +325,7 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
     evals: list[dict] = []              # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
     if cfg.resume and existing:
         newest = max(existing)
-        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id)["step"]
+        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
         say(f"resuming from {existing[newest]} (iteration {start})")
         # drop log lines a killed run wrote after its last checkpoint
         if log_path.is_file():

@@ -85,6 +85,9 @@ _ARCH_CONFIGS = {
     "phi3": dict(architectures=["Phi3ForCausalLM"], tie_word_embeddings=False),
     "gemma2": dict(architectures=["Gemma2ForCausalLM"], head_dim=16, query_pre_attn_scalar=16,
                    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=256),
+    # llama.cpp assumes gemma3's 5-local-1-global layer pattern, so the tiny one has 6 layers
+    "gemma3_text": dict(architectures=["Gemma3ForCausalLM"], num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16,
+                        sliding_window=256, sliding_window_pattern=6),
 }
 
 

@@ -137,3 +137,13 @@ def test_cpu_policy_dequantizes_small_quantized_models_exactly(monkeypatch):
     np.testing.assert_allclose(np.array(model(x)), np.array(reference), atol=1e-5)
     with pytest.raises(device.MlxlabError, match="unknown dequantize_on_load setting"):
         device.should_dequantize(model, "sometimes")
+
+
+def test_linux_without_openblas_says_once_what_it_costs_and_how_to_fix_it(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "platform", "linux")
+    for key, value in (("bound", None), ("reason", "OpenBLAS not found (...)"), ("warned", False)):
+        monkeypatch.setitem(device._blas_state, key, value)
+    device.import_mlx()
+    device.import_mlx()
+    err = capsys.readouterr().err
+    assert err.count("OpenBLAS is not installed") == 1 and "apt-get install libopenblas0-pthread" in err

@@ -110,7 +110,7 @@ def test_prompt_set_errors_name_file_and_line(tmp_path, text, line, needle):
 
 
 def test_summary_aggregates_judge_manual_and_rouge():
-    from mlxlab.plots import summarize
+    from mlxlab.evaluate import summarize
 
     rows = [{"id": f"a{i}", "model": "m", "iteration": 3, "prompt": "p" if i < 2 else "q", "sample": i,
              "rouge_l": 0.5, "judge_score": s, "judge_raw": "x"} for i, s in enumerate([4, None, 2])]

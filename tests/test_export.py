@@ -11,10 +11,6 @@ import pytest
 import conftest
 from mlxlab.errors import MlxlabError
 
-# gemma3 (text) is exported too; llama.cpp assumes its 5-local-1-global layer pattern, so the tiny one has 6 layers
-conftest._ARCH_CONFIGS.setdefault("gemma3_text", dict(
-    architectures=["Gemma3ForCausalLM"], num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16,
-    sliding_window=256, sliding_window_pattern=6))
 
 # f16 max abs logit difference allowed per architecture: gemma's GELU and scaled embeddings run through
 # llama.cpp's f16 GELU table and f16 activations, so its tiny random models drift more (see the benchmark)
@@ -210,7 +206,9 @@ def test_fuse_reproduces_the_adapter_model(dora, tiny_llama, tmp_path):
     assert np.abs(with_adapters - base).max() > 1e-2          # the training changed something
     np.testing.assert_allclose(fused, with_adapters, atol=1e-4)
     # and the fused model exports and verifies like any other
-    exported = pytest.importorskip("mlxlab.gguf_export").export_gguf(result.path, tmp_path / "gguf")
+    from mlxlab.gguf_export import export_gguf      # a broken import must fail here, not skip
+
+    exported = export_gguf(result.path, tmp_path / "gguf")
     assert exported.top1_agreement >= 0.95
 
 
@@ -260,3 +258,37 @@ def test_cli_export_and_fuse(tiny_llama, tmp_path, capsys):
     assert main(["fuse", "--model", str(tiny_llama), "--adapters", str(tmp_path / "none"),
                  "--output", str(tmp_path / "f")]) == 1
     assert "adapter_config.json is missing" in capsys.readouterr().err
+
+
+def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp_path, monkeypatch):
+    import mlxlab.gguf_export as ge
+
+    f16 = ge.export_gguf(tiny_llama, tmp_path / "f16.gguf", out_type="f16", verify=False).path
+    monkeypatch.setattr(ge, "QUANTIZE_TIMEOUT_S", 0.01)
+    with pytest.raises(MlxlabError, match="did not finish within"):
+        ge.quantize_gguf(f16, tmp_path / "q4.gguf", "q4_k_m")
+    monkeypatch.setattr(ge, "VERIFY_TIMEOUT_S", 0.01)
+    with pytest.raises(MlxlabError, match="did not finish checking"):
+        ge.export_gguf(tiny_llama, tmp_path / "checked.gguf", out_type="f16")
+    assert not (tmp_path / "checked.gguf").exists()          # a failed export leaves no file
+
+
+def test_quantized_exports_are_checked_against_llama_cpps_own_quantizer(tiny_llama, tmp_path, monkeypatch):
+    import mlxlab.gguf_export as ge
+
+    q8 = ge.export_gguf(tiny_llama, tmp_path / "q8.gguf", out_type="q8_0")
+    ref = json.loads(q8.verify_report.read_text())["reference"]
+    # mlxlab's q8_0 writer and llama.cpp's q8_0 quantizer of the f16 export agree (up to rounding at ties)
+    assert ref["top1_agreement"] >= 0.95 and ref["max_abs_logit_diff"] < 0.05
+    k4 = json.loads(ge.export_gguf(tiny_llama, tmp_path / "k4.gguf", out_type="q4_k_m").verify_report.read_text())
+    assert "quantizer on this model's f16" in k4["reference"]["what"]
+    # a q8_0 writer bug that MLX's loose q8_0 threshold lets through: the down projections come out 1.5x too big
+    real = ge._tensor_data
+
+    def skewed(name, value, out_type):
+        return real(name, value * 1.5 if "ffn_down" in name and out_type == "q8_0" else value, out_type)
+
+    monkeypatch.setattr(ge, "_tensor_data", skewed)
+    with pytest.raises(MlxlabError, match="llama.cpp's own q8_0"):         # MLX's loose q8_0 check passes it
+        ge.export_gguf(tiny_llama, tmp_path / "bad.gguf", out_type="q8_0")
+    assert not (tmp_path / "bad.gguf").exists()

@@ -209,7 +209,9 @@ def test_other_gguf_types_import_and_match_llama_cpp(requantized, kind, max_mean
 # --- import mechanics -----------------------------------------------------------------------------
 
 def test_import_is_cached_and_force_reimports(tiny_llama, tmp_path):
-    gguf_file = _export_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf", "llama")
+    from mlxlab.gguf_export import export_gguf
+
+    gguf_file = export_gguf(tiny_llama, tmp_path / "tiny.gguf", out_type="f32", verify=False).path
     out = tmp_path / "imported"
     first = import_gguf(gguf_file, out)
     assert not first.cached and first.path == out and first.parameters > 100_000
@@ -220,7 +222,8 @@ def test_import_is_cached_and_force_reimports(tiny_llama, tmp_path):
     before = (out / "model.safetensors").stat().st_ino
     forced = import_gguf(gguf_file, out, force=True)
     assert not forced.cached and (out / "model.safetensors").stat().st_ino != before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "tiny.gguf"]   # no temp/old dirs left
+    # no temp/old dirs left (the export's Modelfile sits next to its GGUF)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "tiny.Modelfile", "tiny.gguf"]
 
 
 def test_default_output_is_in_the_cache(smollm2_gguf, smollm2_dir, mlxlab_cache):
@@ -281,7 +284,7 @@ def _write_gguf(path: Path, arch: str, tokenizer_model: str) -> Path:
 
 @pytest.mark.parametrize("arch, tokenizer_model, message", [
     ("falcon", "gpt2", "architecture 'falcon' is not supported"),
-    ("llama", "llama", "tokenizer model 'llama' is not supported"),
+    ("llama", "bert", "tokenizer model 'bert' is not supported"),
 ])
 def test_unsupported_gguf_gives_a_clear_error(tmp_path, arch, tokenizer_model, message):
     path = _write_gguf(tmp_path / "x.gguf", arch, tokenizer_model)
@@ -353,62 +356,23 @@ def test_make_tiny_model_builds_other_architectures(make_tiny_model, tmp_path):
     assert len(model.model.layers) == 1
 
 
-def _export_tiny_gguf(model_dir: Path, dest: Path, arch: str) -> Path:
-    """Write a tiny HF-layout model as an F32 GGUF the way llama.cpp's converter lays it out."""
-    import gguf
-
-    from mlxlab.gguf_import import _LAYER_NAMES, _TOP_NAMES
-
-    mx = _mx()
-    config = json.loads((model_dir / "config.json").read_text())
-    tok = json.loads((model_dir / "tokenizer.json").read_text())
-    vocab = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    special = {t["content"] for t in tok["added_tokens"] if t["special"]}
-    writer = gguf.GGUFWriter(str(dest), arch)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config["num_key_value_heads"])
-    writer.add_rope_freq_base(config["rope_theta"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    writer.add_eos_token_id(vocab["<|im_end|>"])
-    writer.add_chat_template(json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"])
-    to_gguf = {v: k for k, v in _LAYER_NAMES.items()} | {v: k for k, v in _TOP_NAMES.items()}
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    for name, value in mx.load(str(model_dir / "model.safetensors")).items():
-        module, _, suffix = name.rpartition(".")
-        if module.startswith("model.layers."):
-            _, _, index, local = module.split(".", 3)
-            gguf_name = f"blk.{index}.{to_gguf[local]}.{suffix}"
-        else:
-            gguf_name = f"{to_gguf[module]}.{suffix}"
-        array = np.array(value.astype(mx.float32))
-        if arch == "llama" and local in ("self_attn.q_proj", "self_attn.k_proj"):
-            n = heads if local == "self_attn.q_proj" else kv_heads     # llama.cpp's converter permutation
-            array = array.reshape(n, 2, array.shape[0] // n // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
-        writer.add_tensor(gguf_name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dest
+# every architecture the export writes
+ROUND_TRIP = {"llama": ("llama", {}), "mistral": ("llama", {}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
+              "phi3": ("phi3", {}), "gemma2": ("gemma2", {}), "gemma3_text": ("gemma3", {})}
 
 
-@pytest.mark.parametrize("fixture, arch", [("tiny_llama", "llama"), ("tiny_qwen2", "qwen2")])
-def test_float_gguf_round_trip_reproduces_the_model(request, tmp_path, fixture, arch):
-    """HF -> GGUF (llama.cpp layout, q/k permuted for llama, biases for qwen2) -> import: same logits, same tokens."""
+@pytest.mark.parametrize("model_type", list(ROUND_TRIP))
+def test_float_gguf_round_trip_reproduces_the_model(make_tiny_model, tmp_path, model_type):
+    """HF -> GGUF (mlxlab's export, checked against llama.cpp: q/k permuted for llama, gemma's 1 + w norms,
+    phi3's fused projections) -> import: the same logits and the same tokens, for every exported architecture."""
     from mlx_lm import load
 
-    source = request.getfixturevalue(fixture)
-    result = import_gguf(_export_tiny_gguf(source, tmp_path / "tiny.gguf", arch), tmp_path / "imported")
+    from mlxlab.gguf_export import export_gguf
+
+    arch, overrides = ROUND_TRIP[model_type]
+    source = make_tiny_model(model_type, tmp_path / "source", **overrides)
+    gguf = export_gguf(source, tmp_path / "tiny.gguf", out_type="f32", verify=False).path
+    result = import_gguf(gguf, tmp_path / "imported")
     assert result.architecture == arch and result.quantization == "float (f32)"
     (ref_model, ref_tok), (model, tok) = load(str(source)), load(str(result.path))
     text = "A Jolie service listens on an input port: 8000 <|im_end|>"

@@ -232,3 +232,27 @@ def test_missing_upstream_stage_and_invalid_taxonomy(tmp_path):
     assert cli.returncode == 1 and "qna.yaml:" in cli.stderr and "Traceback" not in cli.stderr
     record = read_manifest(tmp_path / "runs" / "r")["stages"]["validate"]
     assert record["status"] == "failed" and "qna.yaml:" in record["error"]
+
+
+def test_the_device_section_holds_for_a_python_run(tmp_path, monkeypatch):
+    import os
+
+    import mlxlab.device
+    from mlxlab.pipeline import run
+
+    (tmp_path / "c.yaml").write_text("device:\n  device: cpu\n  dtype: float32\n  dequantize_on_load: never\n")
+    seen = {}
+    real_validate = mlxlab.pipeline.RUNNERS["validate"]
+
+    def spy(plan, resume):
+        seen.update(device=mlxlab.device.current_device(), dtype=os.environ.get(mlxlab.device.DTYPE_ENV),
+                    dequantize=os.environ.get(mlxlab.device.DEQUANTIZE_ENV))
+        return real_validate(plan, resume)
+
+    monkeypatch.setitem(mlxlab.pipeline.RUNNERS, "validate", spy)
+    for env in (mlxlab.device.DEVICE_ENV, mlxlab.device.DTYPE_ENV, mlxlab.device.DEQUANTIZE_ENV):
+        monkeypatch.delenv(env, raising=False)
+    run("dev", runs_dir=tmp_path / "runs", config_file=tmp_path / "c.yaml", stages=["validate"], quiet=True,
+        taxonomy=str(Path(__file__).resolve().parents[1] / "taxonomy"))
+    assert seen == {"device": "cpu", "dtype": "float32", "dequantize": "never"}
+    assert os.environ.get(mlxlab.device.DTYPE_ENV) is None          # the process is left as it was

@@ -105,3 +105,47 @@ def test_unreachable_server_is_a_clear_error():
 
     with pytest.raises(MlxlabError, match="cannot reach"):
         ask(f"http://127.0.0.1:{free_port()}/v1", "Hi")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "SIGKILL"])
+def test_every_way_serve_ends_also_ends_its_server(tiny_gguf, how):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlxlab.serve import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = subprocess.Popen([sys.executable, "-m", "mlxlab", "serve", str(tiny_gguf), "--port", str(port),
+                             "--api-key", "sekret-key"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLXLAB_TEST_KEY": "x"})
+    deadline = time.monotonic() + 120
+    while not _port_open(url) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _port_open(url), "the server never came up"
+    # the key reached the server through its environment, not a command line that `ps` shows
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    children = [line for line in listing.splitlines() if "llama_cpp.server" in line and str(port) in line]
+    assert children and not any("sekret-key" in line for line in children)
+    assert _request(url, "GET", "/models")[0] == 401 and _request(url, "GET", "/models", key="sekret-key")[0] == 200
+    os.kill(proc.pid, getattr(signal, how))
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20       # SIGKILL: the orphaned server notices within a second or so
+    while _port_open(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _port_open(url), f"the server outlived `mlxlab serve` ended by {how}"
+
+
+def test_serve_refuses_bad_input_before_starting(tmp_path, tiny_llama):
+    from mlxlab.serve import _loopback, start_server
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"this is not a model")
+    with pytest.raises(MlxlabError, match="not a GGUF"):
+        start_server(junk, port=0)
+    with pytest.raises(MlxlabError, match="n_ctx"):
+        start_server(tiny_llama, port=0, n_ctx=4096)
+    assert _loopback("127.0.0.1") and _loopback("localhost") and not _loopback("0.0.0.0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -76,13 +77,28 @@ def test_lora_loss_falls_and_writes_everything(tiny_llama, chat_data, tmp_path):
 
 
 @pytest.mark.parametrize("method,extra", [("dora", {}), ("lora", {"quantize": 4}), ("full", {"num_layers": 1})])
-def test_dora_qlora_full_train_save_and_load(tiny_llama, chat_data, tmp_path, method, extra):
+def test_dora_qlora_full_train_save_and_load(tiny_llama, chat_data, tmp_path, method, extra, monkeypatch):
     import mlx.core as mx
+    import mlx.nn as nn
     from mlx_lm import load
+    from mlx_lm.tuner.lora import LoRALinear
 
+    import mlxlab.train
     from mlxlab.train import train
 
+    trained = {}
+    real_load = mlxlab.train.load_base
+
+    def spy(ref, cfg):
+        out = real_load(ref, cfg)
+        trained["model"] = out[0]
+        return out
+
+    monkeypatch.setattr(mlxlab.train, "load_base", spy)
     result = train(tiny_llama, chat_data, tmp_path / "run", method=method, num_iters=6, lora_rank=4, **extra, **FAST)
+    if extra.get("quantize"):       # QLoRA: the frozen base under the adapters stayed 4-bit while training
+        layer = trained["model"].layers[-1].self_attn.q_proj
+        assert isinstance(layer, LoRALinear) and isinstance(layer.linear, nn.QuantizedLinear)
     rows = [r for r in _log(result.log) if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"]
     config = json.loads((result.adapters / "adapter_config.json").read_text())
@@ -98,6 +114,7 @@ def test_dora_qlora_full_train_save_and_load(tiny_llama, chat_data, tmp_path, me
 
 
 def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path, monkeypatch):
+    import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.utils import load, save_model
 
@@ -118,7 +135,10 @@ def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path, monkeypatch)
     loaded, _, _ = load_base(base, TrainConfig())
     assert isinstance(loaded.layers[0].mlp.up_proj, nn.QuantizedLinear)
     result = train(base, chat_data, tmp_path / "run", num_iters=4, **FAST)
-    assert result.final_loss == result.final_loss
+    assert math.isfinite(result.final_loss) and result.final_loss > 0
+    saved = mx.load(str(result.adapters / "adapters.safetensors"))
+    # the adapters learned something: LoRA's B matrices start at zero
+    assert any(k.endswith("lora_b") and mx.abs(v).max().item() > 0 for k, v in saved.items())
 
 
 def test_epochs_and_iterations_are_both_honored(tiny_llama, chat_data, tmp_path):
@@ -184,6 +204,10 @@ def test_resume_refuses_another_model_and_changed_settings(tiny_llama, make_tiny
         train(other, chat_data, out, num_iters=2, resume=True, **FAST)
     with pytest.raises(MlxlabError, match="lora_rank"):
         train(tiny_llama, chat_data, out, num_iters=2, resume=True, lora_rank=4, **FAST)
+    # a longer run would bend the cosine schedule the checkpoint was made under: refused, with the way out
+    with pytest.raises(MlxlabError, match="planned for 2 iterations") as info:
+        train(tiny_llama, chat_data, out, num_iters=5, resume=True, **FAST)
+    assert "--num-iters 2" in info.value.hint
 
 
 def test_phases_chain(tiny_llama, chat_data, tmp_path):
