@@ -8,15 +8,14 @@ the result can be exported to any GGUF type; `dequantize=False` re-quantizes the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
+from mlxlab.files import replace_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -133,13 +132,7 @@ def fuse(model: str | Path, adapters: str | Path, output: str | Path, *, dequant
         (staging / "mlxlab_fuse.json").write_text(json.dumps(
             {"base": str(base), "adapters": str(adapters), "fused_layers": len(fused), "quantized": quantized},
             indent=2) + "\n")
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(output, old)
-            os.rename(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, output)
+        replace_dir(staging, output)          # an older fused model stays until the new one is in place
     except OSError as exc:
         raise MlxlabError(f"could not write the fused model: {exc.strerror or exc}", path=output,
                           hint="check free disk space and permissions") from exc

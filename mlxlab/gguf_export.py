@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -460,6 +459,31 @@ def _output_path(output: str | Path, model_dir: Path, out_type: str) -> Path:
     return output / f"{model_dir.name}-{out_type}.gguf"
 
 
+def _write_checked(model_dir: Path, tmp: Path, out_type: str, probe: str, verify: bool, intermediate: Path,
+                   reference: Path) -> tuple[str, dict | None]:
+    """Write the GGUF of `out_type` to `tmp` and check it (see `verify_gguf`); (architecture, report)."""
+    report = None
+    if out_type in ("f32", "f16", "bf16"):
+        arch = write_gguf(model_dir, tmp, out_type)
+        report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type) if verify else None
+    elif out_type == "q8_0":              # written by mlxlab: checked against llama.cpp's own q8_0
+        arch = write_gguf(model_dir, tmp, out_type)
+        if verify:
+            write_gguf(model_dir, intermediate, "f16")
+            quantize_gguf(intermediate, reference, out_type)
+            report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type, reference_gguf=reference)
+    else:                                  # llama.cpp's quantizer on mlxlab's f16: that f16 must be right
+        arch = write_gguf(model_dir, intermediate, "f16")
+        if verify:
+            verify_gguf(intermediate, model_dir, probe=probe, out_type="f16")
+        quantize_gguf(intermediate, tmp, out_type)
+        if verify:
+            report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type)
+            report["reference"] = {"what": f"this file is llama.cpp's {out_type} quantizer on this model's f16 "
+                                           "export (checked against MLX before quantizing)"}
+    return arch, report
+
+
 def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16", verify: bool = True,
                 probe: str = PROBE, force: bool = False) -> ExportResult:
     """Export the MLX/HF model `model` as a GGUF of `out_type` at `output` (a .gguf path or a directory).
@@ -481,35 +505,18 @@ def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16",
                           hint="choose another output, or pass force=True (--force) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
     intermediate = path.with_name(f".{path.stem}.f16-{tag}.gguf")     # ours alone: always removed
     reference = path.with_name(f".{path.stem}.reference-{tag}.gguf")
+    from mlxlab.files import atomic_path
+
     try:
-        report = None
-        if out_type in ("f32", "f16", "bf16"):
-            arch = write_gguf(model_dir, tmp, out_type)
-            report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type) if verify else None
-        elif out_type == "q8_0":              # written by mlxlab: checked against llama.cpp's own q8_0
-            arch = write_gguf(model_dir, tmp, out_type)
-            if verify:
-                write_gguf(model_dir, intermediate, "f16")
-                quantize_gguf(intermediate, reference, out_type)
-                report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type, reference_gguf=reference)
-        else:                                  # llama.cpp's quantizer on mlxlab's f16: that f16 must be right
-            arch = write_gguf(model_dir, intermediate, "f16")
-            if verify:
-                verify_gguf(intermediate, model_dir, probe=probe, out_type="f16")
-            quantize_gguf(intermediate, tmp, out_type)
-            if verify:
-                report = verify_gguf(tmp, model_dir, probe=probe, out_type=out_type)
-                report["reference"] = {"what": f"this file is llama.cpp's {out_type} quantizer on this model's f16 "
-                                               "export (checked against MLX before quantizing)"}
-        os.replace(tmp, path)
+        # the file appears, fsynced, only once written and checked (mlxlab.files)
+        with atomic_path(path) as tmp:
+            arch, report = _write_checked(model_dir, tmp, out_type, probe, verify, intermediate, reference)
     except OSError as exc:
         raise MlxlabError(f"could not write the GGUF: {exc.strerror or exc}", path=path,
                           hint="check free disk space and permissions") from exc
     finally:
-        tmp.unlink(missing_ok=True)
         intermediate.unlink(missing_ok=True)
         reference.unlink(missing_ok=True)
     from mlxlab.gguf_tokenizer import _chat_template, _read_json, _token_text
