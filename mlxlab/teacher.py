@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxlab.errors import MlxlabError
+from mlxlab.errors import MlxlabError, UsageError
 
 BACKENDS = ("mlx", "openai", "llama-cpp")
 # weight types llama.cpp multiplies as whole matrices on a CPU (tinyBLAS); others go row by row, and a batch
@@ -756,7 +756,7 @@ def make_teacher(teacher: Teacher | str | Path | None = None, *, url: str | None
         return teacher
     if url:
         if backend not in (None, "auto", "openai"):
-            raise MlxlabError(f"--teacher-url asks for a server, --teacher-backend {backend} for an in-process teacher",
-                              hint="drop one of them: a URL already means the openai backend")
+            raise UsageError(f"--teacher-url asks for a server, --teacher-backend {backend} for an in-process teacher",
+                             hint="drop one of them: a URL already means the openai backend")
         return Teacher(teacher, backend="openai", url=url, **options)
     return Teacher(teacher, backend=backend or "mlx", **options)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mlxlab.errors import MlxlabError
+from mlxlab.errors import MlxlabError, UsageError
 from mlxlab.teacher import Teacher, choose_backend, make_teacher, teacher_gguf
 
 PATTERN = ("Q: What colour is the sky?\nA: Blue.\n\nQ: What colour is grass?\nA: Green.\n\n"
@@ -131,7 +131,7 @@ def test_auto_picks_a_backend_and_says_why(monkeypatch):
     assert backend == "mlx" and "gpu" in why
     monkeypatch.setattr(mlxlab.device, "current_device", lambda: "cpu")
     assert choose_backend()[0] == "llama-cpp"              # llama-cpp-python is a dependency
-    with pytest.raises(MlxlabError, match="teacher-url"):
+    with pytest.raises(UsageError, match="teacher-url"):               # the CLI exits 2 on it
         make_teacher("smollm2", url="http://127.0.0.1:1", backend="mlx")
 
 
