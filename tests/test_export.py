@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import conftest
 from mlxlab.errors import MlxlabError
 
 
