@@ -107,6 +107,22 @@ def test_unreachable_server_is_a_clear_error():
         ask(f"http://127.0.0.1:{free_port()}/v1", "Hi")
 
 
+def _command_lines() -> list[str]:
+    """Every process's command line, as `ps` shows it to any user (/proc on Linux, else `ps -ww`)."""
+    import subprocess
+
+    proc = Path("/proc")
+    if proc.is_dir():
+        lines = []
+        for entry in proc.iterdir():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+        return lines
+    return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "SIGKILL"])
 def test_every_way_serve_ends_also_ends_its_server(tiny_gguf, how):
     import os
@@ -127,8 +143,7 @@ def test_every_way_serve_ends_also_ends_its_server(tiny_gguf, how):
         time.sleep(0.2)
     assert _port_open(url), "the server never came up"
     # the key reached the server through its environment, not a command line that `ps` shows
-    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    children = [line for line in listing.splitlines() if "llama_cpp.server" in line and str(port) in line]
+    children = [line for line in _command_lines() if "llama_cpp.server" in line and str(port) in line]
     assert children and not any("sekret-key" in line for line in children)
     assert _request(url, "GET", "/models")[0] == 401 and _request(url, "GET", "/models", key="sekret-key")[0] == 200
     os.kill(proc.pid, getattr(signal, how))
