@@ -1,7 +1,7 @@
 """Evaluation as in the seed paper: each model answers each prompt k times; a judge, a person or a metric grades.
 
-- Prompt sets are YAML (`mlxlab/prompts/eval_jolie.yaml` holds the paper's five Jolie prompts) plus, when
-  given, the held-out `test.jsonl` that SDG writes (its prompts and reference answers).
+- Prompt sets (`mlxlab.prompt_sets`) are YAML (`mlxlab/prompts/eval_jolie.yaml` holds the paper's five Jolie
+  prompts) plus, when given, the held-out `test.jsonl` that SDG writes (its prompts and reference answers).
 - Answers come from any model reference, a `(base, adapters)` pair (a training checkpoint), or a GGUF
   (llama.cpp), always with fixed seeds, so a rerun gives the same answers.
 - Grades: a judge model with a rubric (0-5 plus a rationale, tolerant parsing: unreadable verdicts are
@@ -29,9 +29,10 @@ from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.gates import rouge_l
+from mlxlab.prompt_sets import (DEFAULT_SET, EvalPrompt, PromptSet, load_prompts,  # noqa: F401 (evaluate's names too)
+                                read_prompt_set)
 from mlxlab.teacher import Teacher, make_teacher
 
-DEFAULT_SET = Path(__file__).parent / "prompts" / "eval_jolie.yaml"
 SCORES = tuple(str(i) for i in range(6))
 JUDGE_SYSTEM = "You are a strict, fair grader of answers. Follow the rubric exactly."
 JUDGE_USER = """Grade the answer to the question below with a whole number from 0 to 5.
@@ -111,26 +112,6 @@ def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] 
 
 
 @dataclass(frozen=True)
-class EvalPrompt:
-    """One prompt: its chat messages, an optional reference answer and rubric, and where it was read."""
-    id: str
-    messages: list[dict]
-    reference: str | None = None
-    rubric: str | None = None
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """Prompts to answer, the default rubric, and held-out chat records for the loss."""
-    name: str
-    prompts: list[EvalPrompt]
-    rubric: str
-    heldout: list[dict]
-    heldout_path: Path | None = None
-
-
-@dataclass(frozen=True)
 class EvalResult:
     """Where the answers and grades went, and the per-model figures of `summary.json`."""
     output: Path
@@ -138,91 +119,6 @@ class EvalResult:
     summary_path: Path             # summary.json
     summary: dict                  # {"score_kind": ..., "models": {label: {...}}}
     judge_unparsed: int            # judge outputs that held no readable 0-5 score
-
-
-# ---------------------------------------------------------------------------------------------- prompt sets
-
-def _mark_error(message: str, path: Path, node, hint: str | None = None) -> MlxlabError:
-    mark = node.start_mark
-    return MlxlabError(message, path=path, line=mark.line + 1, column=mark.column + 1, hint=hint)
-
-
-def _mapping(node, path: Path, what: str, keys: tuple[str, ...]) -> dict:
-    """{key: value node} of a YAML mapping node whose keys must be among `keys`."""
-    import yaml
-
-    if not isinstance(node, yaml.MappingNode):
-        raise _mark_error(f"{what} must be a mapping", path, node)
-    fields = {key.value: value for key, value in node.value}
-    for key, value in fields.items():
-        if key not in keys:
-            raise _mark_error(f"unknown key '{key}' in {what}", path, value, hint="valid keys: " + ", ".join(keys))
-    return fields
-
-
-def _text(node, path: Path, what: str) -> str:
-    import yaml
-
-    if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
-        raise _mark_error(f"{what} must be non-empty text", path, node)
-    return str(node.value)
-
-
-def read_prompt_set(path: str | Path | None = None) -> PromptSet:
-    """The prompt set in a YAML file (default: the paper's Jolie prompts); errors name file:line:column."""
-    import yaml
-
-    from mlxlab.config import compose_yaml
-
-    path = Path(path) if path is not None else DEFAULT_SET
-    _, root = compose_yaml(path, "the prompt set")
-    if root is None:
-        raise MlxlabError("the prompt set is empty", path=path, hint="add a `prompts:` list")
-    top = _mapping(root, path, "the prompt set", ("version", "name", "description", "system", "rubric", "prompts"))
-    if "prompts" not in top:
-        raise _mark_error("the prompt set has no `prompts:` list", path, root)
-    items = top["prompts"]
-    if not isinstance(items, yaml.SequenceNode) or not items.value:
-        raise _mark_error("prompts must be a non-empty list", path, items)
-    rubric = _text(top["rubric"], path, "rubric") if "rubric" in top else "0 (wrong or empty) to 5 (correct, complete)"
-    system = _text(top["system"], path, "system") if "system" in top else None
-    prompts, seen = [], set()
-    for n, item in enumerate(items.value):
-        fields = _mapping(item, path, f"prompts[{n}]", ("id", "prompt", "reference", "rubric", "domain"))
-        if "prompt" not in fields:
-            raise _mark_error(f"prompts[{n}] has no `prompt:`", path, item)
-        pid = _text(fields["id"], path, f"prompts[{n}].id") if "id" in fields else f"prompt_{n + 1}"
-        if pid in seen:
-            raise _mark_error(f"duplicate prompt id '{pid}'", path, fields.get("id", item))
-        seen.add(pid)
-        messages = ([{"role": "system", "content": system.strip()}] if system else []) + [
-            {"role": "user", "content": _text(fields["prompt"], path, f"prompts[{n}].prompt").strip()}]
-        prompts.append(EvalPrompt(
-            pid, messages,
-            _text(fields["reference"], path, f"prompts[{n}].reference").strip() if "reference" in fields else None,
-            _text(fields["rubric"], path, f"prompts[{n}].rubric").strip() if "rubric" in fields else None,
-            f"{path}:{item.start_mark.line + 1}"))
-    name = str(top["name"].value) if "name" in top else path.stem
-    return PromptSet(name, prompts, rubric.strip(), [])
-
-
-def load_prompts(prompts: str | Path | PromptSet | None = None, test: str | Path | None = None, *,
-                 test_prompts: int = 0) -> PromptSet:
-    """A prompt set plus the held-out `test` split (chat JSONL): all of it for the loss, `test_prompts` answered."""
-    from mlxlab.data import read_jsonl
-
-    base = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts)
-    if test is None:
-        return base
-    test = Path(test)
-    records = read_jsonl(test)
-    extra = []
-    count = len(records) if test_prompts < 0 else min(test_prompts, len(records))
-    for n, record in enumerate(records[:count], start=1):
-        messages = record["messages"]
-        if messages[-1]["role"] == "assistant" and len(messages) > 1:
-            extra.append(EvalPrompt(f"test_{n}", messages[:-1], messages[-1]["content"], None, f"{test}:{n}"))
-    return dataclasses.replace(base, prompts=base.prompts + extra, heldout=records, heldout_path=test)
 
 
 # ---------------------------------------------------------------------------------------------- answering

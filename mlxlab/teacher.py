@@ -1,11 +1,11 @@
 """Text generation for SDG and evaluation: one `Teacher.generate` over chat messages, three backends.
 
-- `mlx` (default): in-process through mlx-lm's continuous batching (`BatchGenerator`). The token prefix
+- `mlx`: in-process through mlx-lm's continuous batching (`mlxlab.mlx_batch`). The token prefix
   that a call's prompts share (system prompt + in-context examples) is prefilled once and its KV cache is
   handed to every sequence. Each completion gets its own sampler with its own PRNG key, derived from the
   seed and the prompt, so a completion does not depend on which other prompts share its batch.
 - `openai`: any `/v1/chat/completions` server (llama.cpp, mlx_lm.server, vLLM, Ollama), N requests in
-  flight on threads, retries with exponential backoff, API key from an environment variable.
+  flight on threads (`mlxlab.openai_client`: retries with backoff, API key from an environment variable).
 - `llama-cpp`: a GGUF in-process, batched through llama.cpp's own batch API (`mlxlab.llama_batch`): the
   shared prefix is evaluated once and its KV cells shared, all sequences decode together, finished ones
   free their slots for queued ones. On a CPU this is the fastest teacher (llama.cpp's CPU kernels beat
@@ -21,8 +21,6 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,12 +29,8 @@ from pathlib import Path
 from mlxlab.errors import MlxlabError, UsageError
 
 BACKENDS = ("mlx", "openai", "llama-cpp")
-# weight types llama.cpp multiplies as whole matrices on a CPU (tinyBLAS); others go row by row, and a batch
-# gains little: measured on SmolLM2, Q4_1 prefills at 180 tok/s, its Q8_0 re-encoding at 340
-FAST_BATCH_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0"}
 API_KEY_ENV = "MLXLAB_TEACHER_API_KEY"
 MIN_SHARED_PREFIX = 16          # shorter shared prefixes are not worth a separate prefill
-PREFIX_CACHE_BYTES = 512 * 2**20  # prefilled prefixes kept between calls, least recently used dropped first
 
 Messages = list[dict]
 Progress = Callable[[int, int], None]   # (finished completions, generated tokens) since the last call
@@ -157,53 +151,6 @@ def choose_backend(url: str | None = None) -> tuple[str, str]:
     return "llama-cpp", "a CPU: llama.cpp's batched CPU kernels are the fastest teacher there"
 
 
-def _gguf_types(path: Path) -> set[str]:
-    """The weight types of a GGUF's matrices (gguf-py reads the header only)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    return {t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
-
-
-def teacher_gguf(model: str | Path | None, *, requantize: bool = True) -> tuple[Path, str]:
-    """(GGUF file, note) for the llama-cpp teacher: the file itself, or a Q8_0 copy made once and cached.
-
-    A GGUF whose matrices have a fast batched CPU kernel (`FAST_BATCH_TYPES`), or any GGUF when not
-    `requantize` (evaluating a quantized export must run that very file), is used as it is. Any other GGUF,
-    and an MLX or Hugging Face model, is exported to Q8_0 through mlxlab's own export (verified against MLX
-    like every export) into the cache. Q8_0 holds a 4-bit model's weights almost exactly.
-    """
-    from mlxlab.models import EMBEDDED, cache_dir, embedded_gguf
-
-    text = "" if model is None else str(model).strip()
-    source = embedded_gguf() if not text or text.lower() == EMBEDDED else Path(text).expanduser()
-    if source.is_file():
-        try:
-            types = _gguf_types(source)
-        except Exception as exc:            # gguf-py says why in its own words
-            raise MlxlabError(f"not a readable GGUF file ({exc})", path=source,
-                              hint="pass a .gguf file, a model directory or a Hugging Face id") from None
-        if types <= FAST_BATCH_TYPES or not requantize:
-            return source, f"{source.name} as is ({', '.join(sorted(types))})"
-        stat = source.stat()
-        key = f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    else:
-        key = text
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    name = source.stem if source.is_file() else Path(text).name
-    target = cache_dir() / "teacher-gguf" / f"{name}-{digest}.q8_0.gguf"
-    if not target.is_file():
-        from mlxlab.gguf_export import export_gguf
-
-        try:
-            export_gguf(source if source.is_file() else text, target, out_type="q8_0", verify=True)
-        except MlxlabError:
-            if not source.is_file():
-                raise
-            return source, f"{source.name} as is (no Q8_0 copy: this GGUF cannot be re-exported)"
-    return target, f"a Q8_0 copy of {source.name if source.is_file() else text} (cached: {target})"
-
-
 class Teacher:
     """A text generator over chat messages; see the module docstring for the backends."""
 
@@ -227,19 +174,21 @@ class Teacher:
         self.batch_size = batch_size or default_batch_size()
         self.prefix_cache = prefix_cache
         self.concurrency = max(1, concurrency)
-        self.retries = max(0, retries)
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.api_key_env = api_key_env
         self.stats = GenerationStats()
         self._model = self._tokenizer = self._llama = self._engine = self._chat = None
         self.gguf_note = None
         self._prefixes: dict[tuple[int, ...], list] = {}
         self._lock = threading.Lock()
+        self._client = None
         if backend == "mlx":
             self._load_mlx(dequantize_on_load)
         elif backend == "llama-cpp":
             self._load_llama(n_ctx, requantize)
+        else:
+            from mlxlab.openai_client import OpenAIClient
+
+            self._client = OpenAIClient(url, str(model or "default"), retries=retries, backoff_s=backoff_s,
+                                        timeout_s=timeout_s, api_key_env=api_key_env, count_tokens=self.count_tokens)
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -254,7 +203,7 @@ class Teacher:
 
     def _load_llama(self, n_ctx: int, requantize: bool) -> None:
         from mlxlab.device import llama_threads
-        from mlxlab.llama_batch import LlamaBatch
+        from mlxlab.llama_batch import LlamaBatch, teacher_gguf
 
         path, self.gguf_note = teacher_gguf(self.model_ref, requantize=requantize)
         from llama_cpp import Llama
@@ -320,7 +269,8 @@ class Teacher:
         if self.backend == "mlx":
             flat = self._generate_mlx(prompts, jobs, temperature, top_p, max_tokens, progress)
         elif self.backend == "openai":
-            flat = self._generate_openai(prompts, jobs, temperature, top_p, max_tokens, progress)
+            flat = self._requests(jobs, lambda job: self._client.chat(prompts[job[0]], temperature, top_p, max_tokens,
+                                                                      job[2]), progress)
         else:
             flat = self._generate_llama(prompts, jobs, temperature, top_p, max_tokens, progress)
         self.stats.seconds += time.perf_counter() - start
@@ -336,32 +286,14 @@ class Teacher:
         tokens = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(tokens["input_ids"] if isinstance(tokens, dict) else tokens)
 
-    def _prefix_cache(self, prefix: tuple[int, ...]):
-        """The KV cache after `prefix`, prefilled once and kept for later calls (a few entries)."""
-        import mlx.core as mx
-        from mlx_lm.models.cache import make_prompt_cache
-
-        cache = self._prefixes.get(prefix)
-        if cache is None:
-            cache = make_prompt_cache(self._model)
-            tokens = mx.array(prefix)[None]
-            for start in range(0, len(prefix), 512):       # bounded activation memory on long prefixes
-                self._model(tokens[:, start:start + 512], cache=cache)
-                mx.eval([c.state for c in cache])
-            self._prefixes[prefix] = cache
-            while len(self._prefixes) > 1 and sum(
-                    c.nbytes for entry in self._prefixes.values() for c in entry) > PREFIX_CACHE_BYTES:
-                self._prefixes.pop(next(iter(self._prefixes)))
-        else:
-            self._prefixes[prefix] = self._prefixes.pop(prefix)      # most recently used goes last
-        return cache
-
     def _generate_mlx(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
         if self._model is None:
             raise MlxlabError("this teacher was closed; make a new Teacher")
+        from mlxlab.mlx_batch import greedy_sampler, seeded_sampler
+
         encoded = [self._encode(p) for p in prompts]
-        greedy = _greedy_sampler()
-        samplers = [greedy if temperature <= 0 else _seeded_sampler(temperature, top_p, s) for _i, _j, s in jobs]
+        greedy = greedy_sampler()
+        samplers = [greedy if temperature <= 0 else seeded_sampler(temperature, top_p, s) for _i, _j, s in jobs]
         return self._run_batches([encoded[i] for i, _j, _s in jobs], samplers, max_tokens, progress)
 
     def choose(self, prompts: list[Messages], choices: list[str], *, prefix: str = "",
@@ -410,19 +342,15 @@ class Teacher:
         if self.backend == "mlx":
             if self._model is None:
                 raise MlxlabError("this teacher was closed; make a new Teacher")
+            from mlxlab.mlx_batch import greedy_sampler, seeded_sampler
+
             encoded = [list(self._tokenizer.encode(t)) for t in texts]
-            samplers = [_greedy_sampler() if temperature <= 0 else _seeded_sampler(temperature, top_p, k)
+            samplers = [greedy_sampler() if temperature <= 0 else seeded_sampler(temperature, top_p, k)
                         for k in keys]
             out = self._run_batches(encoded, samplers, max_tokens, progress, stop)
         elif self.backend == "openai":
-            def one(i):
-                completion = self._request_text(texts[i], stop, temperature, top_p, max_tokens, keys[i])
-                if progress:
-                    progress(1, completion.tokens)
-                return completion
-
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                out = list(pool.map(one, range(len(texts))))
+            out = self._requests(list(range(len(texts))), lambda i: self._client.complete(
+                texts[i], stop, temperature, top_p, max_tokens, keys[i]), progress)
         else:
             encoded = [self._llama_tokens(t, special=False) for t in texts]
             out = self._run_llama(encoded, keys, temperature, top_p, max_tokens, stop, progress)
@@ -513,150 +441,30 @@ class Teacher:
 
     def _run_batches(self, sequences: list[list[int]], samplers: list, max_tokens: int,
                      progress: Progress | None, stop: tuple[str, ...] = ()) -> list[Completion]:
-        """Decode token sequences in fixed chunks of `batch_size`, reusing the prefilled shared prefix.
+        """Token sequences through MLX's continuous batching (`mlxlab.mlx_batch.run_batches`)."""
+        from mlxlab.mlx_batch import run_batches
 
-        A sequence whose text reaches one of the `stop` strings ends there (cut before it) and leaves the
-        batch, so the others decode on without it.
-        """
-        import mlx.core as mx
-        from mlx_lm.generate import BatchGenerator
-
-        # Each prefix is always prefilled from scratch (never extended from a shorter cached one), so
-        # its KV values are bitwise the same whatever ran before: resumed runs repeat exactly.
-        plan = plan_prefixes(sequences) if self.prefix_cache and len(sequences) > 1 else [0] * len(sequences)
-        results: list[Completion | None] = [None] * len(sequences)
-        started = time.perf_counter()
-        first_token = None
-        # Fixed chunks in job order: the same prompts always meet the same batch, so floating-point
-        # results repeat exactly when a resumed run redoes a chunk.
-        for lo in range(0, len(sequences), self.batch_size):
-            chunk = list(range(lo, min(lo + self.batch_size, len(sequences))))
-            # BatchKVCache.merge copies (left-padding shorter prefixes), so cache entries stay intact
-            caches = [self._prefix_cache(tuple(sequences[k][:plan[k]])) if plan[k] else None for k in chunk]
-            self.stats.cached_prefix_tokens += sum(plan[k] for k in chunk)
-            gen = BatchGenerator(self._model, max_tokens=max_tokens,
-                                 stop_tokens=[[t] for t in self._tokenizer.eos_token_ids],
-                                 completion_batch_size=len(chunk), prefill_batch_size=len(chunk))
-            uids = gen.insert([sequences[k][plan[k]:] for k in chunk], [max_tokens] * len(chunk),
-                              caches=caches if any(plan[k] for k in chunk) else None,
-                              samplers=[samplers[k] for k in chunk])
-            self.stats.prompt_tokens += sum(len(sequences[k]) for k in chunk)
-            by_uid = dict(zip(uids, chunk))
-            tokens: dict[int, list[int]] = {uid: [] for uid in uids}
-            try:
-                while responses := gen.next_generated():
-                    if first_token is None:
-                        first_token = time.perf_counter() - started
-                    done, stopped = 0, []
-                    for r in responses:
-                        if r.finish_reason != "stop":
-                            tokens[r.uid].append(r.token)
-                        text = self._tokenizer.decode(tokens[r.uid]) if (stop or r.finish_reason) else ""
-                        cut = cut_at_stop(text, stop) if stop else None
-                        if cut is not None and r.finish_reason is None:
-                            stopped.append(r.uid)
-                        if r.finish_reason is not None or cut is not None:
-                            done += 1
-                            results[by_uid[r.uid]] = Completion(text if cut is None else cut, len(tokens[r.uid]),
-                                                                "stop" if cut is not None else r.finish_reason)
-                    if stopped:
-                        gen.remove(stopped)
-                    self.stats.generated_tokens += len(responses)
-                    if progress:
-                        progress(done, len(responses))
-            finally:
-                gen.close()
-            mx.clear_cache()
-        if first_token is not None:
-            self.stats.first_token_seconds.append(first_token)
-        return [r or Completion("", 0, "error") for r in results]
+        if self._model is None:
+            raise MlxlabError("this teacher was closed; make a new Teacher")
+        return run_batches(self._model, self._tokenizer, self._prefixes, sequences, samplers, max_tokens,
+                           batch_size=self.batch_size, share_prefix=self.prefix_cache, stats=self.stats,
+                           progress=progress, stop=stop)
 
     # openai ---------------------------------------------------------------------------------------------
 
-    def _endpoint(self, path: str = "chat/completions") -> str:
-        base = self.url.rstrip("/")
-        for known in ("/chat/completions", "/completions"):
-            if base.endswith(known):
-                base = base[:-len(known)]
-        return base + (f"/{path}" if base.endswith("/v1") else f"/v1/{path}")
-
-    def _post(self, body: dict, path: str = "chat/completions") -> dict:
-        """POST `body`, retrying connection failures, 429 and 5xx with exponential backoff."""
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "").strip()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode()
-        endpoint = self._endpoint(path)
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(endpoint, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", "replace")[:300]
-                last = f"HTTP {exc.code}: {detail}"
-                if exc.code not in (408, 429) and exc.code < 500:
-                    hint = (f"set {self.api_key_env} to the server's API key" if exc.code in (401, 403)
-                            else "check --teacher (the model name the server expects) and --teacher-url")
-                    raise MlxlabError(f"teacher endpoint {endpoint} refused the request: {last}",
-                                      hint=hint) from None
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            except json.JSONDecodeError as exc:
-                last = f"the reply is not JSON ({exc})"
-        raise MlxlabError(f"teacher endpoint {endpoint} failed after {self.retries + 1} attempts: {last}",
-                          hint="start the server (e.g. `python -m llama_cpp.server --model M.gguf`) "
-                               "or fix --teacher-url")
-
-    def _request(self, messages: Messages, temperature: float, top_p: float, max_tokens: int,
-                 seed: int) -> Completion:
-        body = {"model": str(self.model_ref or "default"), "messages": messages, "temperature": temperature,
-                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
-        reply = self._post(body)
-        try:
-            choice = reply["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return Completion("", 0, "error")
-        usage = reply.get("usage") or {}
-        tokens = int(usage.get("completion_tokens") or self.count_tokens(text))
-        with self._lock:
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.stats.generated_tokens += tokens
-        return Completion(text, tokens, "length" if finish == "length" else "stop")
-
-    def _request_text(self, text: str, stop: tuple[str, ...], temperature: float, top_p: float, max_tokens: int,
-                      seed: int) -> Completion:
-        body = {"model": str(self.model_ref or "default"), "prompt": text, "temperature": temperature,
-                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
-        if stop:
-            body["stop"] = list(stop)
-        reply = self._post(body, path="completions")
-        try:
-            choice = reply["choices"][0]
-            value = choice.get("text") or ""
-            finish = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return Completion("", 0, "error")
-        tokens = int((reply.get("usage") or {}).get("completion_tokens") or self.count_tokens(value))
-        with self._lock:
-            self.stats.generated_tokens += tokens
-        return Completion(until_stop(value, stop), tokens, "length" if finish == "length" else "stop")
-
-    def _generate_openai(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
-        def one(job):
-            completion = self._request(prompts[job[0]], temperature, top_p, max_tokens, job[2])
+    def _requests(self, units: list, send, progress: Progress | None) -> list[Completion]:
+        """`send(unit)` for each unit, `concurrency` requests in flight; the stats counted under a lock."""
+        def one(unit):
+            completion, prompt_tokens = send(unit)
+            with self._lock:
+                self.stats.prompt_tokens += prompt_tokens
+                self.stats.generated_tokens += completion.tokens
             if progress:
                 progress(1, completion.tokens)
             return completion
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, jobs))
+            return list(pool.map(one, units))
 
     # llama-cpp ------------------------------------------------------------------------------------------
 
@@ -721,29 +529,6 @@ class Teacher:
             if progress:
                 progress(1, tokens)
         return out
-
-
-def _greedy_sampler():
-    """argmax over the vocabulary (one shared object, so BatchGenerator samples the batch in one call)."""
-    import mlx.core as mx
-
-    return lambda logprobs: mx.argmax(logprobs, axis=-1)
-
-
-def _seeded_sampler(temperature: float, top_p: float, seed: int):
-    """Temperature + top-p sampling with its own PRNG key chain, independent of the global MLX seed."""
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_top_p
-
-    state = {"key": mx.random.key(seed)}
-
-    def sample(logprobs):
-        if 0 < top_p < 1:
-            logprobs = apply_top_p(logprobs, top_p)
-        state["key"], sub = mx.random.split(state["key"])
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=sub)
-
-    return sample
 
 
 def make_teacher(teacher: Teacher | str | Path | None = None, *, url: str | None = None,

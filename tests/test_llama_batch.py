@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from mlxlab.errors import MlxlabError, UsageError
-from mlxlab.teacher import Teacher, choose_backend, make_teacher, teacher_gguf
+from mlxlab.llama_batch import teacher_gguf
+from mlxlab.teacher import Teacher, choose_backend, make_teacher
 
 PATTERN = ("Q: What colour is the sky?\nA: Blue.\n\nQ: What colour is grass?\nA: Green.\n\n"
            "Q: What colour is snow?\nA:")
