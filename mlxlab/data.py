@@ -168,3 +168,43 @@ def make_batch(samples: list[tuple[list[int], int]], indices: list[int]):
     # which also trains one padding target per row, so pass the index of the last real token instead.
     lengths = mx.array([[offset, len(tokens) - 1] for tokens, offset in rows])
     return mx.array(array), lengths, real, array.size
+
+
+def read_sets(data: str | Path, tokenizer, cfg, w=None):
+    """(train, valid or None, general or None, data hash) tokenized for training under `cfg` (a TrainConfig).
+
+    Rank 0 reads the files and sends the records to the other ranks (`distributed.from_main`): the data need not
+    exist on every machine, and a bad file is the same clear error on every rank.
+    """
+    from mlxlab.distributed import from_main
+
+    def read() -> dict:
+        train_file, valid_file = dataset_files(data)
+        records = read_jsonl(train_file)
+        if not records:
+            raise MlxlabError("the training set is empty", path=train_file,
+                              hint='add one {"messages": [...]} object per line')
+        sets = {"train": [str(train_file), records],
+                "valid": [str(valid_file), read_jsonl(valid_file)] if valid_file is not None else None,
+                "general": [cfg.general_valid, read_jsonl(cfg.general_valid)] if cfg.general_valid else None}
+        return {**sets, "hash": data_hash(train_file, valid_file)}
+
+    got = from_main(read, "reading the training data", w)
+    train_path, records = got["train"]
+    train_set = tokenize(records, tokenizer, path=Path(train_path), max_seq_length=cfg.max_seq_length,
+                         mask_prompt=cfg.mask_prompt)
+    if not train_set.samples:
+        raise MlxlabError(f"no sample has an assistant token left within max_seq_length={cfg.max_seq_length}",
+                          path=train_path, hint="raise --max-seq-length or shorten the prompts")
+    valid_set = general_set = None
+    if got["valid"] and got["valid"][1]:
+        valid_set = tokenize(got["valid"][1], tokenizer, path=Path(got["valid"][0]),
+                             max_seq_length=cfg.max_seq_length, mask_prompt=cfg.mask_prompt)
+        valid_set = valid_set if valid_set.samples else None
+    if got["general"]:
+        general_set = tokenize(got["general"][1], tokenizer, path=Path(got["general"][0]),
+                               max_seq_length=cfg.max_seq_length, mask_prompt=True)
+        if not general_set.samples:
+            raise MlxlabError("the general_valid set has no usable sample", path=got["general"][0],
+                              hint='give chat records {"messages": [user, assistant]}')
+    return train_set, valid_set, general_set, got["hash"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import json
 import math
 import shutil
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from mlxlab.checkpoints import (_flat, _write_atomic, checkpoints, restore_checkpoint, save_adapters,  # noqa: F401
-                                save_checkpoint)
+from mlxlab.checkpoints import (_flat, _set_by_path, _write_atomic, checkpoints,  # noqa: F401
+                                restore_checkpoint, save_adapters, save_checkpoint)
 from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
 from mlxlab.errors import MlxlabError
 
@@ -47,6 +48,8 @@ class TrainResult:
     general_loss: float | None = None       # general_valid loss of the kept adapters
     general_base_loss: float | None = None  # general_valid loss of the base model (the forgetting reference)
     stopped_early: int | None = None        # iteration where patience ran out
+    world_size: int = 1                     # processes that trained together (mlx.launch); 1 for one process
+    rank_tokens: list[int] | None = None    # tokens each rank trained on, in rank order
 
     def to_json(self) -> dict:
         """JSON-ready dict (paths as strings)."""
@@ -211,49 +214,20 @@ def _progress(total: int, start: int, quiet: bool):
     return progress, task
 
 
-def _read_tokenized(data, tokenizer, cfg: TrainConfig):
-    from mlxlab.data import data_hash, dataset_files, read_jsonl, tokenize
-
-    train_file, valid_file = dataset_files(data)
-    records = read_jsonl(train_file)
-    if not records:
-        raise MlxlabError("the training set is empty", path=train_file,
-                          hint='add one {"messages": [...]} object per line')
-    train_set = tokenize(records, tokenizer, path=train_file, max_seq_length=cfg.max_seq_length,
-                         mask_prompt=cfg.mask_prompt)
-    if not train_set.samples:
-        raise MlxlabError(f"no sample has an assistant token left within max_seq_length={cfg.max_seq_length}",
-                          path=train_file, hint="raise --max-seq-length or shorten the prompts")
-    valid_set = None
-    if valid_file is not None:
-        valid_records = read_jsonl(valid_file)
-        if valid_records:
-            valid_set = tokenize(valid_records, tokenizer, path=valid_file, max_seq_length=cfg.max_seq_length,
-                                 mask_prompt=cfg.mask_prompt)
-            valid_set = valid_set if valid_set.samples else None
-    return train_set, valid_set, data_hash(train_file, valid_file)
-
-
-def _read_general(cfg: TrainConfig, tokenizer):
-    from mlxlab.data import read_jsonl, tokenize
-
-    path = Path(cfg.general_valid)
-    records = read_jsonl(path)
-    data = tokenize(records, tokenizer, path=path, max_seq_length=cfg.max_seq_length, mask_prompt=True)
-    if not data.samples:
-        raise MlxlabError("the general_valid set has no usable sample", path=path,
-                          hint='give chat records {"messages": [user, assistant]}')
-    return data
-
-
 def _validate(model, valid_set, cfg: TrainConfig) -> float:
     from mlx_lm.tuner.trainer import default_loss, evaluate
 
     from mlxlab.data import make_batch
+    from mlxlab.distributed import world
+
+    w = world()
 
     def batches(dataset, batch_size, max_seq_length, comm_group=None, **_):
         indices = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
-        for start in range(0, len(indices), batch_size):
+        starts = list(range(0, len(indices), batch_size))
+        starts = starts if cfg.val_batches == -1 else starts[:cfg.val_batches]
+        # each rank scores its share of the same batches; mlx-lm's evaluate sums losses and tokens over ranks
+        for start in starts[w.rank::w.size]:
             tokens, lengths, _, _ = make_batch(dataset, indices[start:start + batch_size])
             yield tokens, lengths
 
@@ -277,6 +251,14 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
     """
     if phases is not None:
         return train_phases(model, phases, output, config=config, quiet=quiet, **overrides)
+    from mlxlab.distributed import guard
+
+    with guard("training"):
+        return _train(model, data, output, config=config, init_adapters=init_adapters, quiet=quiet,
+                      general_reference=general_reference, **overrides)
+
+
+def _train(model, data, output, *, config, init_adapters, quiet, general_reference, **overrides) -> TrainResult:
     from mlxlab.device import import_mlx
 
     mx = import_mlx()
@@ -286,26 +268,32 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
     from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
-    from mlxlab.data import batch_order, batches_per_epoch, make_batch
+    from mlxlab import distributed as dist
+    from mlxlab.data import batch_order, batches_per_epoch, make_batch, read_sets
 
     cfg = config if config is not None else TrainConfig()
     cfg = resolve(TrainConfig, **{**dataclasses.asdict(cfg), **overrides})
     output = Path(output)
     model_ref = str(model) if model is not None else "smollm2"
-    existing = checkpoints(output)
-    if existing and not cfg.resume:
-        raise MlxlabError("the output folder holds checkpoints from an earlier run", path=output,
-                          hint="pass --resume to continue it, or choose another --output")
     if cfg.grad_accumulation < 1 or cfg.batch_size < 1:
         raise MlxlabError("batch_size and grad_accumulation must be at least 1")
+    w = dist.world()
+    dist.check_batch(cfg.batch_size, w)
 
+    def look() -> bool:
+        # rank 0's disk decides (no shared filesystem): the other ranks get its answer, or its error
+        if checkpoints(output) and not cfg.resume:
+            raise MlxlabError("the output folder holds checkpoints from an earlier run", path=output,
+                              hint="pass --resume to continue it, or choose another --output")
+        return bool(checkpoints(output))
+
+    resuming = dist.from_main(look, "looking for checkpoints", w) and cfg.resume
     net, tokenizer, fingerprint = load_base(model, cfg)
-    train_set, valid_set, data_id = _read_tokenized(data, tokenizer, cfg)
-    general_set = _read_general(cfg, tokenizer) if cfg.general_valid else None
+    train_set, valid_set, general_set, data_id = read_sets(data, tokenizer, cfg, w)
     lengths = [len(tokens) for tokens, _ in train_set.samples]
     per_epoch = batches_per_epoch(len(lengths), cfg.batch_size)
     num_iters, num_epochs = plan(per_epoch, cfg)
-    say = (lambda *a: None) if quiet else (lambda text: print(text, file=sys.stderr))
+    say = (lambda *a: None) if quiet or not w.main else (lambda text: print(text, file=sys.stderr))
     say(f"training {num_iters} iterations = {num_epochs:.2f} epochs of {len(lengths)} samples "
         f"({per_epoch} batches of {cfg.batch_size} per epoch, grad_accumulation {cfg.grad_accumulation})")
     if train_set.truncated:
@@ -314,30 +302,43 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
 
     mx.random.seed(cfg.seed)
     num_layers = attach_adapters(net, cfg)
-    if init_adapters is not None:
+    if init_adapters is not None and w.main:
         net.load_weights(str(Path(init_adapters) / "adapters.safetensors"), strict=False)
     optimizer = make_optimizer(cfg, num_iters)
     optimizer.init(net.trainable_parameters())
     adapter_cfg = adapter_config(cfg, num_layers, model_ref)
 
-    start, log_path = 0, output / "train_log.jsonl"
-    output.mkdir(parents=True, exist_ok=True)
-    evals: list[dict] = []              # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
-    if cfg.resume and existing:
-        newest = max(existing)
-        start = restore_checkpoint(existing[newest], net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
-        say(f"resuming from {existing[newest]} (iteration {start})")
-        # drop log lines a killed run wrote after its last checkpoint
-        if log_path.is_file():
+    log_path = output / "train_log.jsonl"
+
+    def restore() -> dict:
+        """Rank 0: the newest checkpoint into the model and optimizer; the step and the evaluations so far."""
+        output.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            log_path.unlink(missing_ok=True)
+            return {"start": 0, "evals": []}
+        newest = checkpoints(output)[max(checkpoints(output))]
+        start = restore_checkpoint(newest, net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
+        say(f"resuming from {newest} (iteration {start})")
+        kept = []
+        if log_path.is_file():      # drop log lines a killed run wrote after its last checkpoint
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["iter"] <= start]
             _write_atomic(log_path, lambda p: p.write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
-            evals = [row for row in map(json.loads, kept) if "val_loss" in row or "general_loss" in row]
-    elif log_path.exists():
-        log_path.unlink()
+        return {"start": start, "evals": [row for row in map(json.loads, kept)
+                                          if "val_loss" in row or "general_loss" in row]}
+
+    begun = dist.from_main(restore, "restoring the checkpoint", w)
+    # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
+    start, evals = begun["start"], begun["evals"]
+    if w.size > 1:      # every rank starts from rank 0's adapters and optimizer state (fresh or restored)
+        net.load_weights(list(dist.broadcast_arrays(dict(_flat(net.trainable_parameters())), "sharing the adapters",
+                                                    w).items()), strict=False)
+        for key, value in dist.broadcast_arrays(dict(_flat(optimizer.state)), "sharing the optimizer", w).items():
+            _set_by_path(optimizer.state, key, value)
     watch = (valid_set is not None or general_set is not None) and (cfg.keep_best or cfg.patience > 0
                                                                      or general_set is not None)
-    save_resolved(output / "config.yaml", cfg)
+    if w.main:
+        save_resolved(output / "config.yaml", cfg)
     maybe_set_recommended_wired_limit()
     if cfg.grad_checkpoint:
         grad_checkpoint(net.layers[0])
@@ -346,13 +347,21 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
     state = [net.state, optimizer.state, mx.random.state]
     accumulation = cfg.grad_accumulation
 
+    stream = dist.comm_stream() if w.size > 1 else None
+
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(tokens, lens, previous, update):
+    def step(tokens, lens, weight, previous, update):
         (loss, ntoks), grad = loss_and_grad(net, tokens, lens)
+        if w.size > 1:
+            # weigh each rank's mean by its share of the global micro-batch's tokens: the sum over ranks is then
+            # the one-process gradient of the whole micro-batch (mlx-lm's plain average of the ranks' means is not)
+            ntoks = ntoks * weight
+            grad = tree_map(lambda g: g * (ntoks / mx.distributed.all_sum(ntoks, stream=stream)), grad)
         if previous is not None:
             grad = tree_map(lambda a, b: a + b, grad, previous)
         if update:
-            grad = average_gradients(grad)
+            grad = average_gradients(grad) if w.size == 1 else tree_map(
+                lambda g: g * w.size, average_gradients(grad, communication_stream=stream))
             if accumulation > 1:
                 grad = tree_map(lambda g: g / accumulation, grad)
             optimizer.update(net, grad)
@@ -366,11 +375,15 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
         if epoch not in orders:
             orders.clear()
             orders[epoch] = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        return make_batch(train_set.samples, orders[epoch][position])
+        batch = orders[epoch][position]
+        mine = batch[w.rank::w.size]    # this rank's slice of the global batch
+        if not mine:                    # a short last batch: take part in the collectives with a zero weight
+            return (*make_batch(train_set.samples, batch[:1])[:2], 0, 0, mx.array(0.0))
+        return (*make_batch(train_set.samples, mine), mx.array(1.0))
 
     save_at = set(cfg.save_at) | ({i for i in range(cfg.save_every, num_iters + 1, cfg.save_every)}
                                  if cfg.save_every > 0 else set())
-    real_total = slots_total = 0
+    real_total = slots_total = mine_total = 0
     train_time = trained_tokens = 0.0
     last_loss = float("nan")
     val_loss = general_loss = None
@@ -394,13 +407,13 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
         """Record an evaluation; keep its adapters aside when it is the best so far."""
         evals.append(row)
         best, _ = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance)
-        if cfg.keep_best and best is row:
+        if cfg.keep_best and best is row and w.main:
             save_adapters(net, best_dir, adapter_cfg)
             _write_atomic(best_dir / "best.json", lambda p: p.write_text(json.dumps(row), encoding="utf-8"))
 
     net.train()
     progress, task = _progress(num_iters, start, quiet)
-    with progress, log_path.open("a", encoding="utf-8") as log:
+    with progress, (log_path.open("a", encoding="utf-8") if w.main else io.StringIO()) as log:
         if watch and start == 0:
             row = evaluate_at(0)
             log.write(json.dumps(row) + "\n")
@@ -412,18 +425,23 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
             tic = time.perf_counter()
             grad, loss_sum, tok_sum, real_step = None, mx.array(0.0), mx.array(0), 0
             for micro in range(accumulation):
-                tokens, lens, real, slots = micro_batch((it - 1) * accumulation + micro)
-                loss, ntoks, grad = step(tokens, lens, grad, micro == accumulation - 1)
+                tokens, lens, real, slots, weight = micro_batch((it - 1) * accumulation + micro)
+                loss, ntoks, grad = step(tokens, lens, weight, grad, micro == accumulation - 1)
                 loss_sum = loss_sum + loss * ntoks
                 tok_sum = tok_sum + ntoks
                 mx.eval(state, loss_sum, tok_sum, grad)
                 real_step += real
                 real_total += real
                 slots_total += slots
+            mine_total += real_step
+            if w.size > 1:              # the loss and the tokens of the whole group
+                loss_sum, tok_sum, real_step = (x.item() for x in mx.distributed.all_sum(mx.stack(
+                    [loss_sum, tok_sum.astype(mx.float32), mx.array(float(real_step))]), stream=stream))
+                real_step = int(real_step)
             elapsed = time.perf_counter() - tic
             train_time += elapsed
             trained_tokens += real_step
-            last_loss = (loss_sum / tok_sum).item()
+            last_loss = float(loss_sum / tok_sum)
             if not math.isfinite(last_loss):
                 raise MlxlabError(f"the loss became {last_loss} at iteration {it}",
                                   hint="lower --learning-rate, or check the data for empty replies")
@@ -443,7 +461,7 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
                     if cfg.patience > 0 and since >= cfg.patience and it < num_iters:
                         stopped = it
             log.flush()
-            if it in save_at:
+            if it in save_at and w.main:
                 epoch, position = divmod(it * accumulation, per_epoch)
                 save_checkpoint(output, it, net, optimizer, {
                     "step": it, "epoch": epoch, "position": position, "num_iters": num_iters,
@@ -455,18 +473,22 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
                 say(f"stopping early at iteration {it}: {cfg.patience} evaluation(s) without a better checkpoint")
                 break
 
-    save_adapters(net, output, adapter_cfg)
+    rank_tokens = dist.gather_json(mine_total, "collecting each rank's share", w)
     best, reason = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance) \
         if watch else (None, None)
-    if cfg.keep_best and best is not None and (best_dir / "adapters.safetensors").is_file():
-        shutil.copy2(best_dir / "adapters.safetensors", output / "adapters.safetensors")
+    if cfg.keep_best and best is not None:
         val_loss, general_loss = best.get("val_loss"), best.get("general_loss")
-        say(f"kept the best checkpoint: {reason}")
-    from mlxlab.plots import plot_loss
+    plot = None
+    if w.main:                      # rank 0 alone writes
+        save_adapters(net, output, adapter_cfg)
+        if cfg.keep_best and best is not None and (best_dir / "adapters.safetensors").is_file():
+            shutil.copy2(best_dir / "adapters.safetensors", output / "adapters.safetensors")
+            say(f"kept the best checkpoint: {reason}")
+        from mlxlab.plots import plot_loss
 
-    plot = plot_loss(log_path, output / "loss.png")
+        plot = plot_loss(log_path, output / "loss.png")
     result = TrainResult(
-        adapters=output, checkpoints=checkpoints(output), final_loss=last_loss, val_loss=val_loss,
+        adapters=output, checkpoints=checkpoints(output) if w.main else {}, final_loss=last_loss, val_loss=val_loss,
         tokens_per_second=trained_tokens / train_time if train_time else 0.0,
         peak_memory_gb=mx.get_peak_memory() / 1e9,
         padding_fraction=1 - real_total / slots_total if slots_total else 0.0,
@@ -474,8 +496,9 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
         dropped=train_set.untrained, log=log_path, loss_plot=plot,
         best_iter=best["iter"] if best is not None and cfg.keep_best else None,
         best_reason=reason if cfg.keep_best else None, general_loss=general_loss,
-        general_base_loss=reference(), stopped_early=stopped)
-    _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=2)))
+        general_base_loss=reference(), stopped_early=stopped, world_size=w.size, rank_tokens=rank_tokens)
+    if w.main:
+        _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=2)))
     say(f"done: loss {last_loss:.4f}" + (f", val {val_loss:.4f}" if val_loss is not None else "")
         + f", {result.tokens_per_second:.0f} tok/s, padding {result.padding_fraction:.1%}, "
         f"peak {result.peak_memory_gb:.2f} GB -> {output}")
@@ -491,9 +514,11 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
     """
     if not phases:
         raise MlxlabError("phases is empty", hint='give a list like [{"data": "phase1/", "num_epochs": 1}, ...]')
+    from mlxlab.distributed import from_main, world
+
     output = Path(output)
     resume = overrides.get("resume", config.resume if config is not None else False)
-    previous, result, reference = None, None, None
+    previous, result, reference, saved = None, None, None, None
     for number, phase in enumerate(phases, start=1):
         phase = dict(phase)
         if "data" not in phase:
@@ -501,20 +526,22 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
         data = phase.pop("data")
         folder = output / f"phase_{number}"
         done = folder / "result.json"
-        if done.is_file() and (folder / "adapters.safetensors").is_file() and resume:
+        saved = from_main(lambda: json.loads(done.read_text(encoding="utf-8")) if resume and done.is_file() and (
+            folder / "adapters.safetensors").is_file() else None, "checking the finished phases")
+        if saved is not None:
             previous = folder
-            reference = reference or json.loads(done.read_text(encoding="utf-8")).get("general_base_loss")
+            reference = reference or saved.get("general_base_loss")
             continue
         # later phases start from earlier adapters: forgetting is still measured against the base model
         result = train(model, data, folder, config=config, init_adapters=previous, quiet=quiet,
                        general_reference=reference, **{**overrides, **phase})
         reference = reference or result.general_base_loss
         previous = folder
-    output.mkdir(parents=True, exist_ok=True)
-    for name in ("adapters.safetensors", "adapter_config.json"):
-        shutil.copy2(previous / name, output / name)
+    if world().main:
+        output.mkdir(parents=True, exist_ok=True)
+        for name in ("adapters.safetensors", "adapter_config.json"):
+            shutil.copy2(previous / name, output / name)
     if result is None:  # every phase had finished before
-        saved = json.loads((previous / "result.json").read_text(encoding="utf-8"))
         result = _result_from_json(saved)
     return dataclasses.replace(result, adapters=output)
 

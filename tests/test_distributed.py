@@ -1,0 +1,184 @@
+"""More than one process on MLX's own engine: 2 real ranks on this machine under `mlx.launch --backend ring`.
+
+Each rank gets its own output folder (`{rank}` in the path) and rank 1 gets a data path that does not exist, so a
+rank that read or wrote anything on its own disk would show: everything must travel through the group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlxlab.errors import MlxlabError
+from tests.test_train import _log, adapters_max_diff, write_chat
+
+# a script each rank runs: `{rank}` in an argument becomes the rank (MLX_RANK, set by mlx.launch)
+RANK_SCRIPT = """
+import json, os, sys
+rank = os.environ.get("MLX_RANK", "0")
+args = [a.replace("{rank}", rank) for a in sys.argv[1:]]
+if args[0] == "pid":
+    open(args[1], "w").write(str(os.getpid())); args = args[2:]
+from mlxlab.cli import main
+sys.exit(main(args))
+"""
+
+
+def free_port(count: int = 2) -> int:
+    """The first of `count` consecutive free ports (the ring backend listens on port + rank)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
+def launch(args: list[str], *, ranks: int = 2, pid_file: Path | None = None, **popen) -> subprocess.Popen:
+    """`mlx.launch --backend ring --hosts 127.0.0.1 -n RANKS -- python -c RANK_SCRIPT mlxlab-args...`."""
+    port = free_port()
+    command = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()",
+               "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks), "--starting-port", str(port), "--",
+               sys.executable, "-c", RANK_SCRIPT, *(["pid", str(pid_file)] if pid_file else []), *args]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run_launch(args: list[str], timeout: float = 300, **kw) -> str:
+    proc = launch(args, **kw)
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def train_args(model: Path, data: str, out: str, settings: dict) -> list[str]:
+    args = ["train", "--model", str(model), "--data", data, "--output", out]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        else:
+            args += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return args
+
+
+# a moderate rate: Adam turns float noise in near-zero gradients into full-size steps, and at 2e-3 two correct
+# runs whose sums differ in the last bit part after ~10 iterations on this random model (5e-4: 1.5e-6 after 40)
+SETTINGS = dict(num_iters=12, batch_size=4, grad_accumulation=2, learning_rate=5e-4, steps_per_eval=4,
+                save_every=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory) -> Path:
+    # 22 samples: an epoch ends on a batch of 2 (one per rank) and the validation set splits unevenly
+    data = write_chat(tmp_path_factory.mktemp("dist-chat") / "data", train=22, valid=7, seed=4)
+    # rank 0 reads "data0"; rank 1's "data1" does not exist: rank 0 must send it the records
+    (data.parent / "data0").symlink_to(data)
+    return data
+
+
+def ranked(data: Path) -> str:
+    return str(data.parent / "data{rank}")
+
+
+def test_helpers_in_one_process():
+    from mlxlab import distributed as dist
+
+    w = dist.world()
+    assert (w.rank, w.size, w.main, w.describe()) == (0, 1, True, "single process")
+    assert dist.from_main(lambda: {"a": 1}, "testing") == {"a": 1}
+    assert dist.gather_json([1, "x"], "testing") == [[1, "x"]]
+    dist.check_batch(3, w)
+    with pytest.raises(MlxlabError, match="does not split over 2 ranks") as info:
+        dist.check_batch(3, dist.World(0, 2, "ring"))
+    assert "--batch-size 4 or 2" in info.value.hint
+    # longest first onto the least-loaded rank: deterministic, balanced
+    assert dist.shares([5, 1, 4, 2, 3], 2) == [0, 0, 1, 0, 1]     # loads 8 and 7
+    assert dist.shares([1, 1, 1], 1) == [0, 0, 0]
+
+
+def test_two_ranks_train_the_same_adapters_as_one(tiny_llama, odd_data, tmp_path):
+    from mlxlab.train import train
+
+    one = train(tiny_llama, odd_data, tmp_path / "one", quiet=True, **SETTINGS)
+    out = run_launch(train_args(tiny_llama, ranked(odd_data), str(tmp_path / "two-{rank}"), SETTINGS))
+    assert "Traceback" not in out, out
+    two, idle = tmp_path / "two-0", tmp_path / "two-1"
+    assert not idle.exists(), f"rank 1 wrote {list(idle.rglob('*'))}"
+    assert adapters_max_diff(one.adapters, two) <= 1e-4, out
+    result = json.loads((two / "result.json").read_text())
+    assert result["world_size"] == 2 and one.world_size == 1
+    assert sum(result["rank_tokens"]) == sum(one.rank_tokens) and min(result["rank_tokens"]) > 0
+    single, double = _log(one.log), _log(two / "train_log.jsonl")
+    assert [r["iter"] for r in single] == [r["iter"] for r in double]
+    for a, b in zip(single, double):
+        for key in ("loss", "val_loss", "tokens"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), (key, a, b)
+    assert sorted(int(p.name[5:]) for p in (two / "checkpoints").glob("iter_*")) == [4, 8, 12]
+
+
+def test_kill_one_rank_then_resume_under_two_ranks(tiny_llama, odd_data, tmp_path):
+    from mlxlab.train import train
+
+    settings = {**SETTINGS, "num_iters": 40, "save_every": 2, "steps_per_eval": 0}
+    one = train(tiny_llama, odd_data, tmp_path / "one", quiet=True, **settings)
+    data, out = ranked(odd_data), tmp_path / "two-0"
+    pids = tmp_path / "pid-{rank}"
+    proc = launch(train_args(tiny_llama, data, str(tmp_path / "two-{rank}"), settings), pid_file=pids)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "iter_000006").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.02)
+    os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGKILL)
+    started = time.time()
+    text, _ = proc.communicate(timeout=60)          # the other rank stops: no hang
+    assert time.time() - started < 60
+    assert "Traceback" not in text, text
+    assert not (out / "result.json").exists()
+    killed_at = max(int(p.name[5:]) for p in (out / "checkpoints").glob("iter_??????"))
+    assert 6 <= killed_at < 40
+
+    text = run_launch(train_args(tiny_llama, data, str(tmp_path / "two-{rank}"), {**settings, "resume": True}))
+    assert "Traceback" not in text, text
+    assert adapters_max_diff(one.adapters, out) <= 1e-4, text
+    assert [r["iter"] for r in _log(out / "train_log.jsonl") if "loss" in r] == list(range(1, 41))
+    assert not (tmp_path / "two-1").exists()
+
+
+def test_batch_that_does_not_split_is_a_clear_error_on_every_rank(tiny_llama, odd_data, tmp_path):
+    text = run_launch(train_args(tiny_llama, str(odd_data), str(tmp_path / "out"), {"batch_size": 3,
+                                                                                     "num_iters": 2}))
+    # every rank finds it; mlx.launch may stop the slower one before it prints
+    assert "batch_size 3 does not split over 2 ranks" in text and "hint: use --batch-size 4 or 2" in text, text
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+
+
+def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
+    """Started by hand (no launcher to stop the rest): the survivor's collective fails with a clear MlxlabError."""
+    port = free_port()
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    script = ("import os, sys\nfrom mlxlab import distributed as dist\nfrom mlxlab.errors import MlxlabError\n"
+              "w = dist.world()\nif w.rank == 1:\n    os._exit(3)\n"
+              "try:\n    dist.gather_json({'x': 1}, 'gathering the results')\n"
+              "except MlxlabError as exc:\n    print('CLEAR:', exc)\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLX_HOSTFILE": str(hostfile)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MLX_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    out = procs[0].communicate(timeout=60)[0]
+    procs[1].wait(timeout=60)
+    assert "CLEAR: rank 0 of 2 (ring): lost the connection to another rank while gathering the results" in out, out
+    assert "another rank stopped" in out
