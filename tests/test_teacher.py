@@ -371,4 +371,34 @@ def test_sdg_through_the_openai_backend(llama_server, tmp_path):
     assert report["backend"] == "openai" and report["methods"]["prompt_style"] == "lab"
     assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 3}
     assert report["generated_tokens"] > 0
+    (server,) = report["servers"]
+    assert server["url"] == llama_server and server["answered"] > 0 and not server["down"]
 
+
+@pytest.mark.slow
+def test_sdg_through_a_fleet_writes_the_same_data_and_resumes_across_fleets(llama_server, llama_server_2, tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    settings = dict(teacher="smollm2", samples_per_seed=1, max_tokens=32, judge_max_tokens=8, allow_empty=True,
+                    quiet=True)
+    one = generate_data(tax, teacher_url=llama_server, output=tmp_path / "one", **settings)
+    two = generate_data(tax, teacher_url=[llama_server, llama_server_2], output=tmp_path / "two", concurrency=2,
+                        **settings)
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    def replies(run: str) -> list[dict]:        # every raw reply in the journal, without its timing
+        (path,) = (tmp_path / run / ".journal").glob("*.jsonl")
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+    assert replies("one") == replies("two") and len(replies("one")) > 3
+    assert one.generated_tokens == two.generated_tokens > 0
+    servers = json.loads(two.report.read_text())["servers"]
+    assert [s["url"] for s in servers] == [llama_server, llama_server_2] and all(s["answered"] for s in servers)
+    # the journal's fingerprint names the model, not the servers: another fleet resumes the finished run
+    again = generate_data(tax, teacher_url=f"{llama_server_2},{llama_server}", output=tmp_path / "one", **settings)
+    assert sum(s["answered"] for s in json.loads(again.report.read_text())["servers"]) == 0
+    assert (tmp_path / "one" / "train.jsonl").read_bytes() == (tmp_path / "two" / "train.jsonl").read_bytes()
