@@ -99,8 +99,9 @@ class GenerateConfig:
     taxonomy: str = field(default="taxonomy", metadata={"help": "taxonomy root folder"})
     teacher: str = field(default="smollm2", metadata={
         "help": "teacher model: HF id, local dir, .gguf, 'smollm2'; with --teacher-url the server's model name"})
-    teacher_url: str | None = field(default=None, metadata={
-        "help": "OpenAI-compatible server (e.g. http://127.0.0.1:8080); uses the openai backend"})
+    teacher_url: list[str] | None = field(default=None, metadata={
+        "help": "OpenAI-compatible server(s), comma-separated (e.g. http://a:8080,http://b:8080); uses the openai "
+                "backend; a server still failing after its retries is dropped and the others take its requests"})
     teacher_backend: str = field(default="auto", metadata={
         "help": "auto (llama-cpp on a CPU, mlx on Metal/CUDA, openai with a URL) | mlx | openai | llama-cpp"})
     output: str = field(default="data", metadata={"help": "output folder for datasets, report and journals"})
@@ -131,7 +132,7 @@ class GenerateConfig:
         "help": "choose (the likeliest verdict, one forward pass; mlx only) | generate (parse a written "
                 "verdict) | auto (choose where possible)"})
     batch_size: int = field(default=0, metadata={"help": "sequences decoded together (0: from free memory)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight (openai backend)"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight per teacher server (openai backend)"})
     prefix_cache: bool = field(default=True, metadata={"help": "prefill the prompts' shared prefix once (mlx)"})
     question_threshold: int = field(default=1, metadata={"help": "keep questions judged at least this (0-1)"})
     pair_threshold: int = field(default=2, metadata={"help": "keep question-answer pairs rated at least this (1-3)"})

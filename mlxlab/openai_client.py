@@ -1,20 +1,58 @@
-"""Requests to one OpenAI-compatible server (llama.cpp, mlx_lm.server, vLLM, Ollama): the teacher's openai backend.
+"""Requests to OpenAI-compatible servers (llama.cpp, mlx_lm.server, vLLM, Ollama): the teacher's openai backend.
 
 A request is retried on connection failures, 408, 429 and 5xx, with exponential backoff; any other refusal is
 an MlxlabError at once. The API key comes from an environment variable, never from a flag or a file.
+A `Fleet` spreads requests over several servers of the same model and carries on while one of them is up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mlxlab.errors import MlxlabError
 from mlxlab.teacher import Completion, until_stop
+
+
+class ServerDown(MlxlabError):
+    """A server that still failed after every retry (refused connection, timeout, 5xx): another may take over."""
+
+
+def _base(url: str) -> str:
+    """`url` without a trailing slash or a known endpoint path (so `/v1/chat/completions` can be appended)."""
+    base = url.rstrip("/")
+    for known in ("/chat/completions", "/completions"):
+        if base.endswith(known):
+            base = base[:-len(known)]
+    return base
+
+
+def server_urls(url: str | Sequence[str] | None) -> list[str]:
+    """The server URLs in `url` (comma-separated text or a list); empty entries are skipped.
+
+    A URL without http:// or https://, or one server listed twice (`http://a:8080` and `http://a:8080/v1` are
+    the same server), is an MlxlabError: twice the requests to one server is what `concurrency` is for.
+    """
+    items = url.split(",") if isinstance(url, str) else list(url or [])
+    urls = [str(u).strip() for u in items if str(u).strip()]
+    seen: dict[str, str] = {}
+    for u in urls:
+        if not u.lower().startswith(("http://", "https://")):
+            raise MlxlabError(f"teacher URL {u!r} does not start with http:// or https://",
+                              hint="give the server's base URL, e.g. --teacher-url http://127.0.0.1:8080")
+        key = _base(u).removesuffix("/v1").lower()
+        if key in seen:
+            raise MlxlabError(f"the teacher URLs list one server twice: {seen[key]} and {u}",
+                              hint="list each server once; --concurrency sets the requests in flight per server")
+        seen[key] = u
+    return urls
 
 
 class OpenAIClient:
@@ -28,14 +66,14 @@ class OpenAIClient:
 
     def endpoint(self, path: str = "chat/completions") -> str:
         """The full URL of `path` below the server's `/v1`."""
-        base = self.url.rstrip("/")
-        for known in ("/chat/completions", "/completions"):
-            if base.endswith(known):
-                base = base[:-len(known)]
+        base = _base(self.url)
         return base + (f"/{path}" if base.endswith("/v1") else f"/v1/{path}")
 
     def post(self, body: dict, path: str = "chat/completions") -> dict:
-        """POST `body`, retrying connection failures, 408, 429 and 5xx with exponential backoff."""
+        """POST `body`, retrying connection failures, 408, 429 and 5xx with exponential backoff.
+
+        Still failing after the last retry is a `ServerDown`; any other refusal is an MlxlabError at once.
+        """
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env, "").strip()
         if key:
@@ -62,7 +100,7 @@ class OpenAIClient:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             except json.JSONDecodeError as exc:
                 last = f"the reply is not JSON ({exc})"
-        raise MlxlabError(f"teacher endpoint {endpoint} failed after {self.retries + 1} attempts: {last}",
+        raise ServerDown(f"teacher endpoint {endpoint} failed after {self.retries + 1} attempts: {last}",
                           hint="start the server (e.g. `python -m llama_cpp.server --model M.gguf`) "
                                "or fix --teacher-url")
 
@@ -101,3 +139,95 @@ class OpenAIClient:
         tokens = int(usage.get("completion_tokens") or self.count_tokens(value))
         return (Completion(until_stop(value, stop), tokens, "length" if finish == "length" else "stop"),
                 int(usage.get("prompt_tokens") or 0))
+
+
+class Fleet:
+    """Requests spread over servers of one model, N in flight per server, results in unit order.
+
+    A server whose request still fails after all its retries (`ServerDown`) is marked down, and its unanswered
+    requests go to the servers still up; only when every server is down is the call an error. A down server
+    stays down for later calls while others are up (a dead host would cost every call its timeouts again); a
+    call that finds every server down tries them all afresh. Any other refusal (400, 401, ...) or error stops
+    the call at once. Each request carries its own seed and results keep the order of
+    the units, so the data is what a single server of the same model gives.
+    """
+
+    def __init__(self, clients: list[OpenAIClient]):
+        self.clients = clients
+        self.answered = [0] * len(clients)
+        self.down: list[ServerDown | None] = [None] * len(clients)   # a down server's last error
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per server: its URL, the requests it answered, whether it is down (and then its last error)."""
+        return [{"url": c.url, "answered": n, "down": e is not None, **({"error": e.message} if e else {})}
+                for c, n, e in zip(self.clients, self.answered, self.down)]
+
+    def _all_down(self) -> MlxlabError:
+        if len(self.clients) == 1:
+            return self.down[0]         # the single-server error, word for word
+        lines = "\n  ".join(f"{c.url}: {e.message}" for c, e in zip(self.clients, self.down))
+        return MlxlabError(f"all {len(self.clients)} teacher servers are down:\n  {lines}",
+                           hint="start them (e.g. `python -m llama_cpp.server --model M.gguf`) or fix --teacher-url")
+
+    def run(self, units: list, send: Callable[[OpenAIClient, Any], Any], concurrency: int) -> list:
+        """`send(client, unit)` for every unit, `concurrency` at a time on each server still up; the results in
+        the order of `units`."""
+        live = [s for s in range(len(self.clients)) if self.down[s] is None]
+        if not live:                        # the alternative is a certain failure: give them all another chance
+            self.down = [None] * len(self.clients)
+            live = list(range(len(self.clients)))
+        results: list = [None] * len(units)
+        answered = [False] * len(units)
+        pending = deque(range(len(units)))
+        cond = threading.Condition()
+        state: dict[str, Any] = {"in_flight": 0, "fatal": None}
+
+        def worker(s: int) -> None:
+            while True:
+                with cond:
+                    # nothing queued but requests in flight: one may come back from a server going down
+                    while (not pending and state["in_flight"] and self.down[s] is None
+                           and state["fatal"] is None):
+                        cond.wait()
+                    if not pending or self.down[s] is not None or state["fatal"] is not None:
+                        return
+                    i = pending.popleft()
+                    state["in_flight"] += 1
+                try:
+                    value = send(self.clients[s], units[i])
+                except ServerDown as exc:
+                    with cond:
+                        self.down[s] = exc
+                        pending.appendleft(i)
+                        state["in_flight"] -= 1
+                        cond.notify_all()
+                    return
+                except Exception as exc:   # a refusal or a bug: stop every server's workers
+                    with cond:
+                        state["fatal"] = state["fatal"] or exc
+                        state["in_flight"] -= 1
+                        cond.notify_all()
+                    return
+                with cond:
+                    results[i], answered[i] = value, True
+                    self.answered[s] += 1
+                    state["in_flight"] -= 1
+                    cond.notify_all()
+
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True, name=f"teacher-{s}-{k}")
+                   for s in live for k in range(min(max(1, concurrency), len(units)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:               # Ctrl-C: let the workers stop after their current request
+            with cond:
+                state["fatal"] = state["fatal"] or MlxlabError("interrupted")
+                cond.notify_all()
+            raise
+        if state["fatal"] is not None:
+            raise state["fatal"]
+        if not all(answered):
+            raise self._all_down()
+        return results

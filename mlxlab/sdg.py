@@ -151,7 +151,8 @@ class _Run:
         self.teacher, self.cfg, self.leaf, self.journal, self.stats, self.display = (
             teacher, cfg, leaf, journal, stats, display)
         in_process = teacher.backend in ("mlx", "llama-cpp")
-        self.group = max(1, teacher.batch_size if in_process else teacher.concurrency * 2)
+        servers = len(getattr(teacher, "urls", None) or ()) or 1   # a fleet: `concurrency` in flight per server
+        self.group = max(1, teacher.batch_size if in_process else teacher.concurrency * 2 * servers)
 
     def generate(self, stage: str, units: list[tuple[str, list[dict] | str]], *,
                  verdict: tuple[str, tuple[str, ...]] | None = None,
@@ -333,7 +334,9 @@ def _fingerprint(cfg: GenerateConfig, teacher, leaf) -> str:
     keys = ("seed", "temperature", "judge_temperature", "top_p", "max_tokens", "judge_max_tokens", "judge_mode",
             "samples_per_seed", "chunk_tokens", "chunk_overlap", "heldout_fraction", "valid_fraction")
     data = {k: getattr(cfg, k) for k in keys}
-    data.update(teacher=str(teacher.model_ref), backend=teacher.backend, url=teacher.url,
+    # a server's model name, not its URLs: a fleet of any size or order gives the same data (in-process: None)
+    data.update(teacher=str(teacher.model_ref), backend=teacher.backend,
+                url=str(teacher.model_ref) if teacher.backend == "openai" else None,
                 group=teacher.batch_size, leaf=json.dumps(leaf.data, sort_keys=True, default=str),
                 documents=[str(p) for p in leaf.documents], prompts=prompts, fewshot=LAYOUT_VERSION)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -471,7 +474,7 @@ def make_sdg_teacher(cfg: GenerateConfig):
                         batch_size=cfg.batch_size or None, prefix_cache=cfg.prefix_cache, concurrency=cfg.concurrency)
 
 
-def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_url: str | None = None,
+def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_url: str | list[str] | None = None,
                   output: str | Path | None = None, config: GenerateConfig | None = None,
                   **overrides) -> DataResult:
     """Run SDG over every leaf of `taxonomy` and write datasets + `report.json` into `output`.
@@ -517,6 +520,7 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     gen_seconds = sum(s.seconds for s in all_stats)
     report = {"taxonomy": str(cfg.taxonomy), "teacher": str(teacher.model_ref or "smollm2"),
               "backend": teacher.backend, "backend_reason": getattr(teacher, "backend_reason", None),
+              "servers": getattr(teacher, "servers", None),
               "teacher_file": getattr(teacher, "gguf_note", None), "seed": cfg.seed, "seconds": round(seconds, 2),
               "methods": methods,
               "generated_tokens": tokens, "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds else 0.0,

@@ -4,8 +4,9 @@
   that a call's prompts share (system prompt + in-context examples) is prefilled once and its KV cache is
   handed to every sequence. Each completion gets its own sampler with its own PRNG key, derived from the
   seed and the prompt, so a completion does not depend on which other prompts share its batch.
-- `openai`: any `/v1/chat/completions` server (llama.cpp, mlx_lm.server, vLLM, Ollama), N requests in
-  flight on threads (`mlxlab.openai_client`: retries with backoff, API key from an environment variable).
+- `openai`: any `/v1/chat/completions` server (llama.cpp, mlx_lm.server, vLLM, Ollama), or a fleet of them,
+  N requests in flight per server on threads (`mlxlab.openai_client`: retries with backoff, a server that
+  keeps failing is dropped and the others take its requests, API key from an environment variable).
 - `llama-cpp`: a GGUF in-process, batched through llama.cpp's own batch API (`mlxlab.llama_batch`): the
   shared prefix is evaluated once and its KV cells shared, all sequences decode together, finished ones
   free their slots for queued ones. On a CPU this is the fastest teacher (llama.cpp's CPU kernels beat
@@ -22,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def default_batch_size() -> int:
     return 16 if total_gb < 16 else 32
 
 
-def choose_backend(url: str | None = None) -> tuple[str, str]:
+def choose_backend(url: str | list[str] | None = None) -> tuple[str, str]:
     """(backend, why) for `teacher_backend: auto`: a documented rule, no probe.
 
     A URL → openai. Metal or CUDA → mlx (MLX's GPU kernels, 4-bit in unified memory). A CPU → llama-cpp
@@ -154,7 +154,7 @@ def choose_backend(url: str | None = None) -> tuple[str, str]:
 class Teacher:
     """A text generator over chat messages; see the module docstring for the backends."""
 
-    def __init__(self, model: str | Path | None = None, *, backend: str = "mlx", url: str | None = None,
+    def __init__(self, model: str | Path | None = None, *, backend: str = "mlx", url: str | list[str] | None = None,
                  batch_size: int | None = None, prefix_cache: bool = True, dequantize_on_load: str | None = None,
                  concurrency: int = 4, retries: int = 3, backoff_s: float = 1.0, timeout_s: float = 300.0,
                  api_key_env: str = API_KEY_ENV, n_ctx: int = 4096, requantize: bool = True):
@@ -165,12 +165,19 @@ class Teacher:
         if backend not in BACKENDS:
             raise MlxlabError(f"unknown teacher backend {backend!r}",
                               hint="use one of: auto, " + ", ".join(BACKENDS))
-        if backend == "openai" and not url:
-            raise MlxlabError("the openai teacher backend needs a URL",
-                              hint="pass --teacher-url http://127.0.0.1:8080 (any /v1/chat/completions server)")
+        self.urls: list[str] = []
+        if backend == "openai":
+            from mlxlab.openai_client import server_urls
+
+            self.urls = server_urls(url)
+            if not self.urls:
+                raise MlxlabError("the openai teacher backend needs a URL",
+                                  hint="pass --teacher-url http://127.0.0.1:8080 (any /v1/chat/completions server; "
+                                       "several: comma-separated)")
+            url = ",".join(self.urls)
         self.backend = backend
         self.model_ref = model
-        self.url = url
+        self.url = url                  # the servers, comma-separated (openai backend)
         self.batch_size = batch_size or default_batch_size()
         self.prefix_cache = prefix_cache
         self.concurrency = max(1, concurrency)
@@ -179,16 +186,17 @@ class Teacher:
         self.gguf_note = None
         self._prefixes: dict[tuple[int, ...], list] = {}
         self._lock = threading.Lock()
-        self._client = None
+        self._fleet = None
         if backend == "mlx":
             self._load_mlx(dequantize_on_load)
         elif backend == "llama-cpp":
             self._load_llama(n_ctx, requantize)
         else:
-            from mlxlab.openai_client import OpenAIClient
+            from mlxlab.openai_client import Fleet, OpenAIClient
 
-            self._client = OpenAIClient(url, str(model or "default"), retries=retries, backoff_s=backoff_s,
-                                        timeout_s=timeout_s, api_key_env=api_key_env, count_tokens=self.count_tokens)
+            self._fleet = Fleet([OpenAIClient(u, str(model or "default"), retries=retries, backoff_s=backoff_s,
+                                              timeout_s=timeout_s, api_key_env=api_key_env,
+                                              count_tokens=self.count_tokens) for u in self.urls])
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -227,6 +235,11 @@ class Teacher:
     def tokenizer(self):
         """The mlx-lm tokenizer wrapper (mlx backend), else None."""
         return self._tokenizer
+
+    @property
+    def servers(self) -> list[dict] | None:
+        """openai backend: per server, its URL, the requests it answered and whether it is down; else None."""
+        return self._fleet.status() if self._fleet is not None else None
 
     @property
     def model(self):
@@ -269,8 +282,8 @@ class Teacher:
         if self.backend == "mlx":
             flat = self._generate_mlx(prompts, jobs, temperature, top_p, max_tokens, progress)
         elif self.backend == "openai":
-            flat = self._requests(jobs, lambda job: self._client.chat(prompts[job[0]], temperature, top_p, max_tokens,
-                                                                      job[2]), progress)
+            flat = self._requests(jobs, lambda client, job: client.chat(prompts[job[0]], temperature, top_p,
+                                                                        max_tokens, job[2]), progress)
         else:
             flat = self._generate_llama(prompts, jobs, temperature, top_p, max_tokens, progress)
         self.stats.seconds += time.perf_counter() - start
@@ -349,7 +362,7 @@ class Teacher:
                         for k in keys]
             out = self._run_batches(encoded, samplers, max_tokens, progress, stop)
         elif self.backend == "openai":
-            out = self._requests(list(range(len(texts))), lambda i: self._client.complete(
+            out = self._requests(list(range(len(texts))), lambda client, i: client.complete(
                 texts[i], stop, temperature, top_p, max_tokens, keys[i]), progress)
         else:
             encoded = [self._llama_tokens(t, special=False) for t in texts]
@@ -453,9 +466,10 @@ class Teacher:
     # openai ---------------------------------------------------------------------------------------------
 
     def _requests(self, units: list, send, progress: Progress | None) -> list[Completion]:
-        """`send(unit)` for each unit, `concurrency` requests in flight; the stats counted under a lock."""
-        def one(unit):
-            completion, prompt_tokens = send(unit)
+        """`send(client, unit)` for each unit across the fleet (`concurrency` in flight per server), in unit
+        order; the stats counted under a lock."""
+        def one(client, unit):
+            completion, prompt_tokens = send(client, unit)
             with self._lock:
                 self.stats.prompt_tokens += prompt_tokens
                 self.stats.generated_tokens += completion.tokens
@@ -463,8 +477,7 @@ class Teacher:
                 progress(1, completion.tokens)
             return completion
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, units))
+        return self._fleet.run(units, one, self.concurrency)
 
     # llama-cpp ------------------------------------------------------------------------------------------
 
@@ -531,7 +544,7 @@ class Teacher:
         return out
 
 
-def make_teacher(teacher: Teacher | str | Path | None = None, *, url: str | None = None,
+def make_teacher(teacher: Teacher | str | Path | None = None, *, url: str | list[str] | None = None,
                  backend: str | None = None, **options) -> Teacher:
     """A Teacher from a reference: an instance as is; a URL → openai; else `backend` (default mlx; auto chooses).
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mlxlab.config import (DeviceConfig, TaxonomyConfig, init_config, load_config, read_config_file, resolve,
-                           save_resolved)
+from mlxlab.config import (DeviceConfig, GenerateConfig, TaxonomyConfig, init_config, load_config, overrides_from_args,
+                           read_config_file, resolve, save_resolved)
 from mlxlab.errors import MlxlabError
 
 
@@ -91,3 +91,25 @@ def test_save_resolved_round_trips(tmp_path):
     assert data["taxonomy"]["strict"] is True and data["device"]["device"] == "auto"
     again = resolve(TaxonomyConfig, file_config=read_config_file(out))
     assert again == cfg
+
+
+def test_teacher_url_takes_several_urls_as_text_yaml_list_or_flag(tmp_path):
+    from mlxlab.cli import build_parser
+
+    urls = ["http://a:8080", "http://b:8080/v1"]
+    assert resolve(GenerateConfig).teacher_url is None
+    assert resolve(GenerateConfig, teacher_url="http://a:8080").teacher_url == ["http://a:8080"]
+    assert resolve(GenerateConfig, teacher_url=" http://a:8080, http://b:8080/v1,").teacher_url == urls
+    assert resolve(GenerateConfig, teacher_url=urls).teacher_url == urls
+    as_list = write(tmp_path / "list.yaml", "generate:\n  teacher_url:\n    - http://a:8080\n    - http://b:8080/v1\n")
+    as_text = write(tmp_path / "text.yaml", "generate:\n  teacher_url: http://a:8080,http://b:8080/v1\n")
+    for path in (as_list, as_text):
+        assert resolve(GenerateConfig, file_config=load_config(path)).teacher_url == urls
+    args = build_parser().parse_args(["generate", "--teacher-url", "http://a:8080,http://b:8080/v1"])
+    cfg = resolve(GenerateConfig, file_config=load_config(as_text), **overrides_from_args(args, GenerateConfig))
+    assert cfg.teacher_url == urls
+    saved = save_resolved(tmp_path / "run" / "config.yaml", cfg)      # and back from the saved settings
+    assert resolve(GenerateConfig, file_config=read_config_file(saved)).teacher_url == urls
+    bad = write(tmp_path / "bad.yaml", "generate:\n  teacher_url: {a: 1}\n")
+    with pytest.raises(MlxlabError, match="teacher_url expects a list"):
+        resolve(GenerateConfig, file_config=load_config(bad))

@@ -1,13 +1,17 @@
 """The teacher: MLX batching and prefix cache with the embedded SmolLM2, the openai backend against a real
-llama.cpp server on 127.0.0.1, the llama-cpp backend in-process, and the unreachable-endpoint error."""
+llama.cpp server on 127.0.0.1 (and a fleet of servers: two real ones, dead ports, a small stub server), the
+llama-cpp backend in-process, and the unreachable-endpoint error."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -63,6 +67,138 @@ def test_unreachable_endpoint_fails_clearly_after_retries():
     message = str(info.value)
     assert "after 3 attempts" in message and "/v1/chat/completions" in message and "hint:" in message
     assert time.perf_counter() - start >= 0.05 + 0.1          # it backed off between attempts
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible stub: answers `seed N` (the request's seed) after a short delay, or its status."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(0.02)        # long enough that every server's workers get requests
+        if self.server.status != 200:
+            data = b'{"error": "stub says no"}'
+            self.send_response(self.server.status)
+        else:
+            text = f"seed {body['seed']}"
+            data = json.dumps({"choices": [{"message": {"content": text}, "text": text, "finish_reason": "stop"}],
+                               "usage": {"completion_tokens": 2, "prompt_tokens": 5}}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _stub(status: int = 200):
+    """A stub server on a free 127.0.0.1 port answering every POST with `status`: yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    server.status = status
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _texts(out) -> list[str]:
+    return [c.text for cs in out for c in cs]
+
+
+FAST = dict(retries=1, backoff_s=0.01, timeout_s=5)
+
+
+def test_teacher_urls_parse_and_refuse_duplicates():
+    from mlxlab.openai_client import server_urls
+
+    assert server_urls("http://a:1, ,http://b:2/v1,") == ["http://a:1", "http://b:2/v1"]
+    assert server_urls(["http://a:1", "", "http://b:2"]) == ["http://a:1", "http://b:2"] and server_urls(None) == []
+    with pytest.raises(MlxlabError, match="one server twice: http://a:1 and http://a:1/v1/"):
+        server_urls("http://a:1,http://b:2,http://a:1/v1/")
+    with pytest.raises(MlxlabError, match="http:// or https://"):
+        server_urls("a:8080")
+    with pytest.raises(MlxlabError, match="needs a URL"):
+        make_teacher("m", url=" , ")
+    teacher = make_teacher("m", url=["http://a:1/", "http://b:2"])
+    assert teacher.backend == "openai" and teacher.url == "http://a:1/,http://b:2"
+    assert teacher.servers == [{"url": "http://a:1/", "answered": 0, "down": False},
+                               {"url": "http://b:2", "answered": 0, "down": False}]
+
+
+def test_fleet_spreads_keeps_order_and_drops_a_failing_server():
+    prompts = _prompts(8)
+    with _stub() as a, _stub() as b, _stub(503) as failing:
+        alone = make_teacher("m", url=a, concurrency=2, **FAST)
+        reference = alone.generate(prompts, temperature=0.7, max_tokens=4, seed=2)
+        assert _texts(reference) == [f"seed {completion_seed(2, p)}" for p in prompts]
+        fleet = make_teacher("m", url=f"{a},{b}", concurrency=2, **FAST)
+        assert _texts(fleet.generate(prompts, temperature=0.7, max_tokens=4, seed=2)) == _texts(reference)
+        assert [s["answered"] for s in fleet.servers] != [8, 0] and sum(s["answered"] for s in fleet.servers) == 8
+        # a server answering 503 after its retries is marked down; its requests go to the other one
+        fleet = make_teacher("m", url=[failing, b], concurrency=2, **FAST)
+        assert _texts(fleet.generate(prompts, temperature=0.7, max_tokens=4, seed=2)) == _texts(reference)
+        down, up = fleet.servers
+        assert down["down"] and "HTTP 503" in down["error"] and down["answered"] == 0
+        assert up == {"url": b, "answered": 8, "down": False}
+        completions = fleet.complete(["x", "y"], seeds=[1, 2], max_tokens=4)     # /v1/completions too
+        assert [c.text for c in completions] == [f"seed {completion_seed(s, [{'text': t}])}"
+                                                 for s, t in ((1, "x"), (2, "y"))]
+        assert fleet.stats.generated_tokens == 2 * 10 and fleet.servers[1]["answered"] == 10
+
+
+def test_fleet_refusal_is_an_error_at_once():
+    with _stub(400) as refusing, _stub() as ok:
+        fleet = make_teacher("m", url=[ok, refusing], concurrency=1, retries=3, backoff_s=5)
+        start = time.perf_counter()
+        with pytest.raises(MlxlabError, match="refused the request: HTTP 400") as info:
+            fleet.generate(_prompts(4), max_tokens=4)
+        assert time.perf_counter() - start < 4 and "down" not in str(info.value)   # no backoff, not a failover
+        assert not any(s["down"] for s in fleet.servers)
+
+
+def test_fleet_all_dead_names_every_url():
+    dead = [f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}/v1"]
+    teacher = make_teacher("m", url=",".join(dead), concurrency=2, **FAST)
+    with pytest.raises(MlxlabError) as info:
+        teacher.generate(_prompts(3), max_tokens=4)
+    message = str(info.value)
+    assert message.startswith("all 2 teacher servers are down") and all(u in message for u in dead)
+    assert "after 2 attempts" in message and "hint:" in message
+    assert [s["down"] for s in teacher.servers] == [True, True]
+    with pytest.raises(MlxlabError, match="all 2 teacher servers are down"):  # a later call tries them again
+        teacher.complete(["x"], max_tokens=4)
+
+
+def test_a_down_server_stays_down_while_another_is_up():
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with _stub() as up:
+        fleet = make_teacher("m", url=[dead, up], concurrency=1, retries=1, backoff_s=0.3)
+        fleet.generate(_prompts(2), max_tokens=4)
+        assert [s["down"] for s in fleet.servers] == [True, False]
+        start = time.perf_counter()
+        assert len(fleet.generate(_prompts(3), max_tokens=4)) == 3
+        assert time.perf_counter() - start < 0.3                      # no new retries of the dead one
+        assert [s["answered"] for s in fleet.servers] == [0, 5]
+
+
+def test_cli_with_every_teacher_url_dead_exits_1_without_traceback(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    dead = [f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"]
+    out = subprocess.run([sys.executable, "-m", "mlxlab", "generate", "--taxonomy", str(tax), "--teacher-url",
+                          ",".join(dead), "--output", str(tmp_path / "data"), "--quiet"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert out.returncode == 1, out.stderr
+    assert "all 2 teacher servers are down" in out.stderr and all(u in out.stderr for u in dead)
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.slow
@@ -122,13 +258,12 @@ def test_mlx_raw_continuation_stops_and_likelihood(smollm2_dir):
     assert fit / n - alone_fit / m > misfit / 4 - alone_misfit / 4
 
 
-@pytest.fixture(scope="module")
-def llama_server(smollm2_gguf, tmp_path_factory):
-    """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving the embedded GGUF (1 thread)."""
+def _serve(gguf, folder):
+    """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving `gguf` (1 thread): yields its URL."""
     port = _free_port()
     # a file, not a pipe: llama.cpp logs more at load than a pipe buffer holds, and would block on it
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--host",
+    log = open(folder / "server.log", "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
                              "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1",
                              "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -155,6 +290,18 @@ def llama_server(smollm2_gguf, tmp_path_factory):
     log.close()
 
 
+@pytest.fixture(scope="module")
+def llama_server(smollm2_gguf, tmp_path_factory):
+    """A real llama.cpp server on the embedded GGUF."""
+    yield from _serve(smollm2_gguf, tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(scope="module")
+def llama_server_2(smollm2_gguf, tmp_path_factory):
+    """A second, separate llama.cpp server on the same GGUF: a fleet of two."""
+    yield from _serve(smollm2_gguf, tmp_path_factory.mktemp("server2"))
+
+
 @pytest.mark.slow
 def test_openai_backend_against_a_real_server(llama_server, monkeypatch):
     monkeypatch.setenv("MLXLAB_TEACHER_API_KEY", "sk-test")        # sent as a bearer token; the server ignores it
@@ -169,6 +316,32 @@ def test_openai_backend_against_a_real_server(llama_server, monkeypatch):
     # raw continuation through /v1/completions, cut at the stop string
     (completion,) = teacher.complete([PATTERN], stop=("\nQ:",), temperature=0.0, max_tokens=24)
     assert completion.text.strip() and "\nQ:" not in completion.text and completion.tokens > 0
+
+
+@pytest.fixture(scope="module")
+def one_server_texts(llama_server) -> list[str]:
+    """What a single real server writes for six prompts (seeded, sampled): the reference for the fleets."""
+    teacher = make_teacher("smollm2", url=llama_server, concurrency=2)
+    return _texts(teacher.generate(_prompts(6), temperature=0.7, max_tokens=8, seed=3))
+
+
+@pytest.mark.slow
+def test_fleet_of_two_real_servers_equals_one_server(llama_server, llama_server_2, one_server_texts):
+    fleet = make_teacher("smollm2", url=f"{llama_server},{llama_server_2}/v1", concurrency=1)
+    assert _texts(fleet.generate(_prompts(6), temperature=0.7, max_tokens=8, seed=3)) == one_server_texts
+    assert [s["url"] for s in fleet.servers] == [llama_server, llama_server_2 + "/v1"]
+    assert all(s["answered"] > 0 and not s["down"] for s in fleet.servers)       # both did some of the work
+    assert sum(s["answered"] for s in fleet.servers) == 6
+
+
+@pytest.mark.slow
+def test_fleet_with_a_dead_url_equals_one_server(llama_server, one_server_texts):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    fleet = make_teacher("smollm2", url=[dead, llama_server], concurrency=2, **FAST)
+    assert _texts(fleet.generate(_prompts(6), temperature=0.7, max_tokens=8, seed=3)) == one_server_texts
+    down, up = fleet.servers
+    assert down["url"] == dead and down["down"] and down["answered"] == 0 and "after 2 attempts" in down["error"]
+    assert up == {"url": llama_server, "answered": 6, "down": False}
 
 
 @pytest.mark.slow
@@ -198,3 +371,34 @@ def test_sdg_through_the_openai_backend(llama_server, tmp_path):
     assert report["backend"] == "openai" and report["methods"]["prompt_style"] == "lab"
     assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 3}
     assert report["generated_tokens"] > 0
+    (server,) = report["servers"]
+    assert server["url"] == llama_server and server["answered"] > 0 and not server["down"]
+
+
+@pytest.mark.slow
+def test_sdg_through_a_fleet_writes_the_same_data_and_resumes_across_fleets(llama_server, llama_server_2, tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    settings = dict(teacher="smollm2", samples_per_seed=1, max_tokens=32, judge_max_tokens=8, allow_empty=True,
+                    quiet=True)
+    one = generate_data(tax, teacher_url=llama_server, output=tmp_path / "one", **settings)
+    two = generate_data(tax, teacher_url=[llama_server, llama_server_2], output=tmp_path / "two", concurrency=2,
+                        **settings)
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    def replies(run: str) -> list[dict]:        # every raw reply in the journal, without its timing
+        (path,) = (tmp_path / run / ".journal").glob("*.jsonl")
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+    assert replies("one") == replies("two") and len(replies("one")) > 3
+    assert one.generated_tokens == two.generated_tokens > 0
+    servers = json.loads(two.report.read_text())["servers"]
+    assert [s["url"] for s in servers] == [llama_server, llama_server_2] and all(s["answered"] for s in servers)
+    # the journal's fingerprint names the model, not the servers: another fleet resumes the finished run
+    again = generate_data(tax, teacher_url=f"{llama_server_2},{llama_server}", output=tmp_path / "one", **settings)
+    assert sum(s["answered"] for s in json.loads(again.report.read_text())["servers"]) == 0
+    assert (tmp_path / "one" / "train.jsonl").read_bytes() == (tmp_path / "two" / "train.jsonl").read_bytes()
