@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +22,8 @@ from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
+from mlxlab.sdg_units import JOURNAL_VERSION, Journal, _Run, _unit_seed, leaf_key  # noqa: F401 (re-exported)
 
-JOURNAL_VERSION = 1
 # the prompt templates (mlxlab/prompts/<role>.yaml) the pipelines use; other stages keep theirs there too
 ROLES = ("skill_questions", "grounded_contexts", "grounded_questions", "question_judge", "answer", "pair_judge",
          "knowledge_qa", "knowledge_faithfulness", "knowledge_relevancy", "knowledge_question_quality")
@@ -91,149 +88,6 @@ def remove_near_duplicates(texts: list[str], threshold: float, reference: list[s
 
 
 # ---------------------------------------------------------------------------------------------- journal
-
-class Journal:
-    """Append-only record of finished work units of one leaf; a torn last line is ignored."""
-
-    def __init__(self, path: Path, fingerprint: str):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        self.restarted = False              # True when an older journal with other settings was set aside
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        header = _loads(lines[0]) if lines else None
-        if header is not None and header.get("fingerprint") == fingerprint:
-            for line in lines[1:]:
-                record = _loads(line)
-                if record and "unit" in record:
-                    self.records[record["unit"]] = record
-        else:
-            if lines:   # settings changed: the old work does not apply; keep it aside, start afresh
-                os.replace(path, path.with_suffix(".jsonl.stale"))
-                self.restarted = True
-            self._write([{"journal": JOURNAL_VERSION, "fingerprint": fingerprint}])
-
-    def _write(self, records: list[dict]) -> None:
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def add(self, records: list[dict]) -> None:
-        """Append `records` (one group) durably."""
-        self._write(records)
-        for record in records:
-            self.records[record["unit"]] = record
-
-
-def _loads(line: str) -> dict | None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-
-
-def leaf_key(name: str) -> str:
-    """A file name for a leaf (its taxonomy path with / → __)."""
-    return re.sub(r"[^\w.-]+", "_", name.replace("/", "__"))
-
-
-# ---------------------------------------------------------------------------------------------- runner
-
-class _Run:
-    """One leaf's run: the teacher, the journal, the settings, the stats and the progress display."""
-
-    def __init__(self, teacher, cfg: GenerateConfig, leaf, journal: Journal, stats: LeafStats, display):
-        self.teacher, self.cfg, self.leaf, self.journal, self.stats, self.display = (
-            teacher, cfg, leaf, journal, stats, display)
-        in_process = teacher.backend in ("mlx", "llama-cpp")
-        servers = len(getattr(teacher, "urls", None) or ()) or 1   # a fleet: `concurrency` in flight per server
-        self.group = max(1, teacher.batch_size if in_process else teacher.concurrency * 2 * servers)
-
-    def generate(self, stage: str, units: list[tuple[str, list[dict] | str]], *,
-                 verdict: tuple[str, tuple[str, ...]] | None = None,
-                 stop: tuple[str, ...] | None = None) -> dict[str, str]:
-        """Texts for `units` ((id, messages)), from the journal where done, else from the teacher.
-
-        `verdict` = (tag, choices) marks a judge stage: with judge_mode choose/auto on a teacher that can,
-        the verdict is the likeliest choice after "[Start of <tag>]" instead of written text. With `stop`,
-        each unit is a raw text that the teacher continues up to the first stop string (few-shot style).
-        """
-        cfg = self.cfg
-        judge = verdict is not None
-        temperature = cfg.judge_temperature if judge else cfg.temperature
-        max_tokens = cfg.judge_max_tokens if judge else cfg.max_tokens
-        choose = judge and cfg.judge_mode in ("auto", "choose") and self.teacher.backend == "mlx"
-        if judge and cfg.judge_mode == "choose" and not choose:
-            raise MlxlabError(f"judge_mode 'choose' needs the mlx teacher backend, not {self.teacher.backend}",
-                              hint="use --judge-mode generate (or auto)")
-        task = self.display.start(f"{self.leaf.name} · {stage}", len(units))
-        for lo in range(0, len(units), self.group):
-            # fixed groups: a resumed run redoes a whole group, with the same batch, so results repeat exactly
-            group = units[lo:lo + self.group]
-            if all(uid in self.journal.records for uid, _ in group):
-                self.display.restored(task, len(group))
-                continue
-            start = time.perf_counter()
-            advance = lambda done, toks: self.display.advance(task, done, toks)  # noqa: E731
-            messages = [m for _, m in group]
-            picked = None
-            if choose:
-                tag, choices = verdict
-                picked = self.teacher.choose(messages, list(choices), prefix=f"[Start of {tag}]\n", progress=advance)
-            if picked is not None:
-                out = [(f"[Start of {tag}]\n{p}\n[End of {tag}]" if p else "", 1, "choice") for p in picked]
-            elif stop is not None:
-                seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
-                done = self.teacher.complete(messages, stop=stop, temperature=temperature, top_p=cfg.top_p,
-                                             max_tokens=max_tokens, seeds=seeds, progress=advance)
-                out = [(c.text, c.tokens, c.finish_reason) for c in done]
-            else:
-                seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
-                done = self.teacher.generate(messages, n=1, temperature=temperature, top_p=cfg.top_p,
-                                             max_tokens=max_tokens, seeds=seeds, progress=advance)
-                out = [(c[0].text, c[0].tokens, c[0].finish_reason) for c in done]
-            seconds = (time.perf_counter() - start) / len(group)
-            self.journal.add([{"unit": uid, "text": text, "tokens": tokens, "finish": finish,
-                               "seconds": round(seconds, 4)} for (uid, _), (text, tokens, finish) in zip(group, out)])
-        self.display.finish(task)
-        records = [self.journal.records[uid] for uid, _ in units]
-        self.stats.tokens += sum(r["tokens"] for r in records)
-        self.stats.seconds += sum(r.get("seconds", 0.0) for r in records)
-        return {uid: r["text"] for (uid, _), r in zip(units, records)}
-
-    def stage(self, name: str, items: dict[str, dict], render: Callable[[dict], list[dict] | str],
-              parse: Callable[[str, dict], tuple[dict | None, bool]], *,
-              verdict: tuple[str, tuple[str, ...]] | None = None,
-              stop: tuple[str, ...] | None = None) -> dict[str, dict]:
-        """Run one role over `items`; keep what parses and passes; record the counts."""
-        texts = self.generate(name, [(f"{name}/{key}", render(item)) for key, item in items.items()],
-                              verdict=verdict, stop=stop)
-        passed, unparsed = {}, 0
-        for key, item in items.items():
-            try:
-                fields, ok = parse(texts[f"{name}/{key}"], item)
-            except Exception:           # a parser bug must not lose a run: count it as unparsed
-                fields, ok = None, False
-            if fields is None:
-                unparsed += 1
-            elif ok:
-                passed[key] = {**item, **fields}
-                if verdict is None:     # the gates' truncation check reads how the text's generation ended
-                    passed[key]["finish"] = self.journal.records[f"{name}/{key}"].get("finish", "stop")
-        self.stats.stages.append({"stage": name, "sent": len(items), "parsed": len(items) - unparsed,
-                                  "unparsed": unparsed, "passed": len(passed)})
-        return passed
-
-
-def _unit_seed(seed: int, leaf: str, uid: str) -> int:
-    digest = hashlib.sha256(f"{seed}\0{leaf}\0{uid}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
 
 # ---------------------------------------------------------------------------------------------- pipelines
 
@@ -410,7 +264,7 @@ def choose_methods(teacher, cfg: GenerateConfig) -> dict:
 
 
 def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, methods: dict,
-              split: dict[str, list[dict]]) -> tuple[list[dict], LeafStats, dict]:
+              split: dict[str, list[dict]], share: dict | None = None) -> tuple[list[dict], LeafStats, dict]:
     """Generate, gate, score and deduplicate one leaf; returns its kept samples, stats and documents
     ({"chunks": texts, "sections": question/answer pairs}).
 
@@ -422,10 +276,15 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
 
     stats = LeafStats(leaf.name, leaf.kind, prompt_style=methods["prompt_style"], scorer=methods["scorer"],
                       seeds={name: len(items) for name, items in split.items()})
-    journal = Journal(out / ".journal" / f"{leaf_key(leaf.name)}.jsonl", _fingerprint(cfg, teacher, leaf))
+    from mlxlab.distributed import world
+
+    # every rank keeps its own journal (no shared filesystem); rank 0's also holds what the others sent
+    rank = world().rank
+    journal = Journal(out / ".journal" / f"{leaf_key(leaf.name)}{f'.rank{rank}' if rank else ''}.jsonl",
+                      _fingerprint(cfg, teacher, leaf))
     if journal.restarted:
         stats.notes.append("the leaf or the generation settings changed since the last run: started afresh")
-    run = _Run(teacher, cfg, leaf, journal, stats, display)
+    run = _Run(teacher, cfg, leaf, journal, stats, display, share)
     seeds = split["train"]
     chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
     lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)
@@ -466,6 +325,16 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     return samples, stats, {"chunks": [c.text for c in chunks], "sections": _sections(leaf) if cfg.document_qa else []}
 
 
+def _taxonomy_digest(tax) -> str:
+    """A hash of every leaf's content and documents: ranks must generate from the same taxonomy."""
+    digest = hashlib.sha256()
+    for leaf in tax.leaves:
+        digest.update(json.dumps([leaf.name, leaf.data], sort_keys=True, default=str).encode())
+        for document in leaf.documents:
+            digest.update(Path(document).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def make_sdg_teacher(cfg: GenerateConfig):
     """The teacher that `cfg` names (model, URL, backend, batch and prefix-cache settings)."""
     from mlxlab.teacher import make_teacher
@@ -484,7 +353,7 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     """
     import dataclasses
 
-    from mlxlab.config import resolve, save_resolved
+    from mlxlab.config import resolve
 
     given = dataclasses.asdict(config) if config else {}
     instance = teacher if teacher is not None and not isinstance(teacher, (str, Path)) else None  # a Teacher
@@ -492,10 +361,36 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
                                         teacher_url=teacher_url, output=output, **overrides).items()
                   if v is not None})
     cfg = resolve(GenerateConfig, **{k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()})
+    from mlxlab.distributed import guard
+
+    with guard("generating data"):
+        return _generate(cfg, instance)
+
+
+def _generate(cfg: GenerateConfig, instance) -> DataResult:
+    import dataclasses
+
+    from mlxlab.config import save_resolved
+    from mlxlab.distributed import from_main, gather_json, world
+
+    w = world()
     tax = _load_taxonomy(cfg.taxonomy)
+    if w.size > 1:
+        # each rank reads the taxonomy and documents from its own disk: they must be the same everywhere
+        digests = gather_json(_taxonomy_digest(tax), "comparing the taxonomies", w)
+        if any(d != digests[0] for d in digests):
+            raise MlxlabError(f"the taxonomy under {cfg.taxonomy} differs between ranks: "
+                              + ", ".join(f"rank {r}: {d}" for r, d in enumerate(digests)),
+                              hint="copy the same taxonomy (and its documents) to every machine")
+        # the batch decides the groups and so the text: every rank uses rank 0's
+        from mlxlab.teacher import default_batch_size
+        cfg = dataclasses.replace(cfg, batch_size=from_main(lambda: cfg.batch_size or default_batch_size(),
+                                                            "choosing the batch size", w),
+                                  quiet=cfg.quiet or not w.main)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(out / "config.yaml", cfg)
+    if w.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(out / "config.yaml", cfg)
     start = time.perf_counter()
     teacher = instance or make_sdg_teacher(cfg)
     from mlxlab.datasets import split_seeds, write_datasets
@@ -506,15 +401,20 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
     by_leaf: dict[str, list[dict]] = {}
     documents: dict[str, dict] = {}
     all_stats: list[LeafStats] = []
+    share = {"units": 0, "tokens": 0}
     with _Display(cfg.quiet) as display:
         for leaf in tax.leaves:
             samples, stats, documents[leaf.name] = _run_leaf(leaf, teacher, cfg, out, display, methods,
-                                                             splits[leaf.name])
+                                                             splits[leaf.name], share)
             by_leaf[leaf.name] = samples
             all_stats.append(stats)
-            _atomic_write(out / "generated" / f"{leaf_key(leaf.name)}.jsonl",
-                          "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-    files = write_datasets(out, tax.leaves, by_leaf, cfg, splits=splits, documents=documents)
+            if w.main:
+                _atomic_write(out / "generated" / f"{leaf_key(leaf.name)}.jsonl",
+                              "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    shares = [{"rank": r, **s} for r, s in enumerate(gather_json(share, "collecting each rank's share", w))]
+    files = from_main(lambda: {k: str(v) if v else None for k, v in write_datasets(
+        out, tax.leaves, by_leaf, cfg, splits=splits, documents=documents).items()}, "writing the datasets", w)
+    files = {k: Path(v) if v else None for k, v in files.items()}
     seconds = time.perf_counter() - start
     tokens = sum(s.tokens for s in all_stats)
     gen_seconds = sum(s.seconds for s in all_stats)
@@ -522,10 +422,12 @@ def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_u
               "backend": teacher.backend, "backend_reason": getattr(teacher, "backend_reason", None),
               "servers": getattr(teacher, "servers", None),
               "teacher_file": getattr(teacher, "gguf_note", None), "seed": cfg.seed, "seconds": round(seconds, 2),
-              "methods": methods,
+              "methods": methods, "world_size": w.size, "ranks": shares,
               "generated_tokens": tokens, "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds else 0.0,
               "files": {k: str(v) for k, v in files.items() if v}, "leaves": [dataclasses.asdict(s) for s in all_stats]}
-    report_path = _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    report_path = out / "report.json"
+    if w.main:
+        _atomic_write(report_path, json.dumps(report, indent=2) + "\n")
     if not cfg.quiet:
         print_report(report)
     empty = [s for s in all_stats if s.kept == 0]

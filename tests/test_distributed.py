@@ -182,3 +182,65 @@ def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
     procs[1].wait(timeout=60)
     assert "CLEAR: rank 0 of 2 (ring): lost the connection to another rank while gathering the results" in out, out
     assert "another rank stopped" in out
+
+
+# ---------------------------------------------------------------------------------------------- sharded SDG
+
+def _sdg_final(out: Path) -> dict:
+    from tests.test_sdg import _final
+
+    final = _final(out)
+    del final["journal"]            # each rank keeps its own journal
+    return final
+
+
+@pytest.mark.slow
+def test_sdg_on_two_ranks_writes_the_same_bytes_as_one(smollm2_dir, tmp_path):
+    from tests.test_sdg import SMALL, make_taxonomy
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    small = [*SMALL, "--chunk-tokens", "64", "--taxonomy", str(tax)]
+    subprocess.run([sys.executable, "-m", "mlxlab", "generate", *small, "--output", str(tmp_path / "one")],
+                   check=True, timeout=600, capture_output=True)
+    text = run_launch(["generate", *small, "--output", str(tmp_path / "two-{rank}")], timeout=600)
+    assert "Traceback" not in text, text
+    two = tmp_path / "two-0"
+    assert _sdg_final(two) == _sdg_final(tmp_path / "one"), text
+    report = json.loads((two / "report.json").read_text())
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert report["world_size"] == 2 and one["world_size"] == 1
+    assert [r["rank"] for r in report["ranks"]] == [0, 1] and min(r["units"] for r in report["ranks"]) > 0
+    assert sum(r["units"] for r in report["ranks"]) == one["ranks"][0]["units"]
+    # rank 1 wrote its journal only: no datasets, no report
+    assert {p.parent.name for p in (tmp_path / "two-1").rglob("*") if p.is_file()} == {".journal"}
+
+
+@pytest.mark.slow
+def test_sdg_rank_killed_then_rerun_resumes_from_every_journal(smollm2_dir, tmp_path):
+    from tests.test_sdg import SMALL, make_taxonomy
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    small = [*SMALL, "--taxonomy", str(tax)]
+    subprocess.run([sys.executable, "-m", "mlxlab", "generate", *small, "--output", str(tmp_path / "one")],
+                   check=True, timeout=600, capture_output=True)
+    args = ["generate", *small, "--output", str(tmp_path / "two-{rank}")]
+    proc = launch(args, pid_file=tmp_path / "pid-{rank}")
+    journal = tmp_path / "two-1" / ".journal" / "compositional_skills__writing__haiku.rank1.jsonl"
+    deadline = time.time() + 300
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGKILL)
+    started = time.time()
+    text = proc.communicate(timeout=120)[0]                # rank 0 stops too: no hang
+    assert time.time() - started < 120 and "Traceback" not in text, text
+    assert not (tmp_path / "two-0" / "report.json").exists()
+    done_before = len(journal.read_text().splitlines()) - 1
+
+    text = run_launch(args, timeout=600)
+    assert "Traceback" not in text, text
+    assert _sdg_final(tmp_path / "two-0") == _sdg_final(tmp_path / "one"), text
+    report = json.loads((tmp_path / "two-0" / "report.json").read_text())
+    total = json.loads((tmp_path / "one" / "report.json").read_text())["ranks"][0]["units"]
+    # the rerun generated only what no journal held
+    assert sum(r["units"] for r in report["ranks"]) <= total - done_before
