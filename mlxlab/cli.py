@@ -34,6 +34,13 @@ def _print(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _other_rank() -> bool:
+    """True on ranks other than 0 under mlx.launch: they work but leave the printing to rank 0."""
+    from mlxlab.distributed import world
+
+    return not world().main
+
+
 # ---------------------------------------------------------------------------------------------- verbs
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -52,9 +59,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from mlxlab import device
 
     _setup_device(args)
+    from mlxlab.distributed import world
+
     info = device.device_info(measure=not args.no_measure)
+    group = world()
     if args.json:
-        _print(json.dumps(dataclasses.asdict(info), indent=2))
+        _print(json.dumps({**dataclasses.asdict(info), "distributed": {"rank": group.rank, "size": group.size,
+                                                                       "backend": group.backend}}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -72,6 +83,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("float32 matmul", f"{info.matmul_gflops:.1f} GFLOP/s (512x512)" if info.matmul_gflops else "not measured"),
         ("llama.cpp", info.llama_cpp),
         ("llama.cpp threads", str(device.llama_threads())),
+        ("distributed", group.describe() if group.size > 1 else "single process (start several with mlx.launch)"),
     ]
     if info.wired_limit_note:
         rows.append(("metal memory", info.wired_limit_note))
@@ -147,6 +159,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     phases = read_phases(args.phases) if args.phases else None
     result = train(model, args.data, args.output, config=cfg, phases=phases)
+    if _other_rank():
+        return 0
     _print(f"adapters: {result.adapters}")
     for it, path in result.checkpoints.items():
         _print(f"  checkpoint {it}: {path}")
@@ -168,6 +182,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from mlxlab.datasets import stats
 
     result = generate_data(config=cfg)
+    if _other_rank():
+        return 0
     for leaf, kept in result.kept.items():
         _print(f"{leaf}: {kept} samples kept")
     _print(f"{result.samples} samples, {result.generated_tokens} tokens ({result.tokens_per_second:.1f} tok/s) "
@@ -342,7 +358,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     result = run(from_stage=args.from_stage, config_file=args.config, quiet=args.quiet,
                  **overrides_from_args(args, RunConfig))
-    if args.quiet:              # the run prints its summary itself unless quiet; a log still wants it
+    if args.quiet and not _other_rank():    # the run prints its summary itself unless quiet; a log still wants it
         print_summary(result)
     return 0
 

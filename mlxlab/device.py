@@ -85,6 +85,11 @@ def bind_blas() -> str | None:
                 "Fix: `import mlxlab` before `import mlx.core` (or run through the `mlxlab` CLI).",
                 RuntimeWarning, stacklevel=2)
         return None
+    from mlxlab.distributed import local_ranks
+
+    if local_ranks() > 1 and "OPENBLAS_NUM_THREADS" not in os.environ:
+        # several ranks on one machine (mlx.launch -n N): share the cores instead of N x all of them (busy-waits)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // local_ranks()))
     try:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
@@ -446,7 +451,11 @@ def llama_threads(*, batched: bool = False) -> int:
     `batched`: work that decodes many sequences per call (the batched teacher) keeps both threads of a
     2-vCPU machine busy with large matmuls: 1.8x the prefill rate of one thread, measured on SmolLM2.
     """
-    count = os.cpu_count() or 1
+    from mlxlab.distributed import local_ranks
+
+    # several ranks on one machine (mlx.launch -n N) share its cores: llama.cpp's threads busy-wait, and two
+    # ranks of 2 threads each on 2 cores ran SDG 15x slower than one rank
+    count = max(1, (os.cpu_count() or 1) // local_ranks())
     if count <= 2:
         return count if batched else 1
     # Hyper-threads share a core's vector units; llama.cpp decodes fastest on physical cores.

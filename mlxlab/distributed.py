@@ -58,6 +58,19 @@ def launched_backend() -> str | None:
     return None
 
 
+def local_ranks() -> int:
+    """How many ranks of this group run on this machine (from mlx.launch's ring hostfile; 1 when unknown)."""
+    path, rank = os.environ.get("MLX_HOSTFILE"), os.environ.get("MLX_RANK")
+    if not path or rank is None:
+        return 1
+    try:
+        hosts = json.loads(open(path, encoding="utf-8").read())
+        mine = hosts[int(rank)][0].rsplit(":", 1)[0]
+        return max(1, sum(1 for h in hosts if h and h[0].rsplit(":", 1)[0] == mine))
+    except (OSError, ValueError, IndexError, TypeError, AttributeError):
+        return 1
+
+
 @functools.lru_cache(maxsize=1)
 def world() -> World:
     """The global group: `mx.distributed.init()` under a launcher, else a single process (no import of MLX)."""
@@ -132,15 +145,16 @@ def from_main(fn: Callable[[], Any], what: str, w: World | None = None) -> Any:
         try:
             reply = {"value": fn()}
         except MlxlabError as exc:
-            reply = {"error": exc.message, "path": str(exc.path) if exc.path else None, "hint": exc.hint}
+            reply = {"error": exc.message, "path": str(exc.path) if exc.path else None, "line": exc.line,
+                     "hint": exc.hint}
             with guard(what, w):
                 _broadcast_bytes(json.dumps(reply).encode(), w)
             raise
     with guard(what, w):
-        reply = json.loads(_broadcast_bytes(json.dumps(reply).encode() if w.main else None, w))
+        reply = json.loads(_broadcast_bytes(json.dumps(reply, default=str).encode() if w.main else None, w))
     if "error" in reply:
         raise MlxlabError(f"rank 0 stopped while {what}: {reply['error']}", path=reply.get("path"),
-                          hint=reply.get("hint"))
+                          line=reply.get("line"), hint=reply.get("hint"))
     return reply["value"]
 
 

@@ -27,6 +27,7 @@ from mlxlab.datasets import GENERAL_VALID
 from mlxlab.errors import MlxlabError
 
 STAGES = ("validate", "generate", "train", "fuse", "export", "eval")
+SHARDED = ("generate", "train")     # the stages every rank runs under mlx.launch; rank 0 alone runs the others
 # stage -> (config section, its dataclass)
 SECTION = {"validate": ("taxonomy", TaxonomyConfig), "generate": ("generate", GenerateConfig),
            "train": ("train", TrainConfig), "fuse": ("fuse", FuseConfig), "export": ("export", ExportConfig),
@@ -258,6 +259,7 @@ def _run_validate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.datasets import self_replay
+    from mlxlab.distributed import world
     from mlxlab.sdg import generate_data, make_sdg_teacher
     from mlxlab.teacher import Teacher
 
@@ -266,7 +268,7 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     cfg = plan.configs["generate"]
     teacher = make_sdg_teacher(cfg)
     outputs = {}
-    if plan.run.replay:
+    if plan.run.replay and world().main:      # the replay is mixed in by rank 0, which writes the datasets
         replay = plan.data / "replay.jsonl"
         if not (resume and replay.is_file()):
             same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
@@ -284,8 +286,10 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 
 def _phases(plan: _Plan) -> list[dict] | None:
-    """Phase 1 (knowledge documents and Q&A) then phase 2 (the mix), when the data has a phase 1."""
-    if plan.run.phases and (plan.data / "phase1" / "train.jsonl").is_file():
+    """Phase 1 (knowledge documents and Q&A) then phase 2 (the mix), when the data has a phase 1 (on rank 0)."""
+    from mlxlab.distributed import from_main
+
+    if plan.run.phases and from_main(lambda: (plan.data / "phase1" / "train.jsonl").is_file(), "planning phases"):
         return [{"data": str(plan.data / "phase1")}, {"data": str(plan.data)}]
     return None
 
@@ -293,24 +297,31 @@ def _phases(plan: _Plan) -> list[dict] | None:
 def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.train import checkpoints, train
 
+    from mlxlab.distributed import from_main, world
+
     cfg = plan.configs["train"]
     if cfg.general_valid is None:           # forgetting is watched on hand-written general chat (package data)
         cfg = dataclasses.replace(cfg, general_valid=str(GENERAL_VALID))
-    folders = [plan.adapters, *sorted(plan.adapters.glob("phase_*"))]
-    done = {i: p for folder in folders for i, p in checkpoints(folder).items()} if resume else {}
-    finished = resume and any(plan.adapters.glob("phase_*/result.json"))
-    if not (done or finished) and plan.adapters.exists():
-        shutil.rmtree(plan.adapters)       # old checkpoints belong to other inputs: train refuses to mix them
+
+    def look() -> dict:                     # rank 0's disk holds the checkpoints
+        folders = [plan.adapters, *sorted(plan.adapters.glob("phase_*"))]
+        done = {i: str(p) for folder in folders for i, p in checkpoints(folder).items()} if resume else {}
+        finished = resume and any(plan.adapters.glob("phase_*/result.json"))
+        if not (done or finished) and plan.adapters.exists():
+            shutil.rmtree(plan.adapters)    # old checkpoints belong to other inputs: train refuses to mix them
+        return {"done": max(map(int, done), default=0), "resume": bool(done or finished)}
+
+    found = from_main(look, "looking for checkpoints")
     result = train(plan.model, plan.data, plan.adapters, config=cfg, phases=_phases(plan), quiet=plan.quiet,
-                   resume=bool(done or finished))
+                   resume=found["resume"])
     outputs = {"adapters": result.adapters, "log": result.log, "loss_plot": result.loss_plot}
     figures = {"final_loss": result.final_loss, "val_loss": result.val_loss, "num_iters": result.num_iters,
                "num_epochs": result.num_epochs, "tokens_per_second": result.tokens_per_second,
-               "peak_memory_gb": result.peak_memory_gb, "resumed_from": max(done, default=0),
+               "peak_memory_gb": result.peak_memory_gb, "resumed_from": found["done"],
                "best_iter": result.best_iter, "best_reason": result.best_reason,
                "general_loss": result.general_loss, "general_base_loss": result.general_base_loss,
-               "stopped_early": result.stopped_early}
-    if _phases(plan):
+               "stopped_early": result.stopped_early, "world_size": result.world_size}
+    if _phases(plan) and world().main:
         figures["phases"] = [json.loads((plan.adapters / f"phase_{i}" / "result.json").read_text(encoding="utf-8"))
                              for i in (1, 2)]
     return outputs, figures
@@ -388,51 +399,64 @@ def _run(name, *, taxonomy, model, teacher, runs_dir, from_stage, stages, config
                     config_file=config_file, quiet=quiet, **overrides)
     if from_stage is not None and from_stage not in STAGES:
         raise MlxlabError(f"unknown stage {from_stage!r} for --from", hint="stages are: " + ", ".join(STAGES))
-    plan.dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(plan.dir / "config.yaml", plan.run, *plan.configs.values())
+    from mlxlab.distributed import from_main, world
+
+    # under mlx.launch: generate and train run on every rank (sharded), the other stages on rank 0, which alone
+    # reads and writes the run folder and tells the others what to do
+    w = world()
+    if w.main:
+        plan.dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(plan.dir / "config.yaml", plan.run, *plan.configs.values())
     manifest_path = plan.dir / "manifest.json"
-    manifest = read_manifest(plan.dir)
+    manifest = read_manifest(plan.dir) if w.main else {"version": MANIFEST_VERSION, "stages": {}}
     manifest.update({"version": MANIFEST_VERSION, "name": plan.run.name, "model": plan.model,
-                     "teacher": plan.configs["generate"].teacher, "taxonomy": plan.configs["taxonomy"].taxonomy})
-    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+                     "teacher": plan.configs["generate"].teacher, "taxonomy": plan.configs["taxonomy"].taxonomy,
+                     "world_size": w.size})
+    say = (lambda text: None) if quiet or not w.main else (lambda text: print(text, file=sys.stderr, flush=True))
+    write = _write_json if w.main else (lambda path, data: None)
     ran, skipped = [], []
     for stage in [s for s in STAGES if s in plan.run.stages]:
         forced = from_stage is not None and STAGES.index(stage) >= STAGES.index(from_stage)
-        inputs = _inputs(stage, plan)
+        inputs = from_main(lambda: _inputs(stage, plan), f"planning {stage}", w)
         digest = _digest(inputs)
         previous = manifest["stages"].get(stage, {})
         same = previous.get("inputs_hash") == digest
         outputs_there = all((plan.dir / p).exists() for p in previous.get("outputs", {}).values() if p)
-        if not forced and same and previous.get("status") == "done" and outputs_there:
+        skip = from_main(lambda: not forced and same and previous.get("status") == "done" and outputs_there,
+                         f"planning {stage}", w)
+        if skip:
             say(f"{stage}: skipped, inputs unchanged since {previous.get('finished', 'the last run')}")
             skipped.append(stage)
             continue
-        resume = same and previous.get("status") != "done" and not forced     # killed, failed or interrupted
+        # killed, failed or interrupted
+        resume = from_main(lambda: same and previous.get("status") != "done" and not forced, f"planning {stage}", w)
         why = "forced (--from)" if forced else "resuming an interrupted run" if resume else \
             "inputs changed" if previous else "first run"
-        say(f"{stage}: running ({why})")
+        say(f"{stage}: running ({why})" + (f" on {w.size} ranks" if w.size > 1 and stage in SHARDED else ""))
         record = {"status": "running", "inputs_hash": digest, "inputs": inputs, "started": _now()}
         manifest["stages"][stage] = record
-        _write_json(manifest_path, manifest)
+        write(manifest_path, manifest)
         tic = time.perf_counter()
         plan.forced = forced
+        if not w.main and stage not in SHARDED:
+            continue
         try:
             outputs, figures = RUNNERS[stage](plan, resume)
         except BaseException as exc:       # Ctrl-C included: the manifest says where the run stopped
             record.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                            "error": str(exc) or type(exc).__name__, "seconds": round(time.perf_counter() - tic, 2)})
-            _write_json(manifest_path, manifest)
+            write(manifest_path, manifest)
             raise
         record.update({"status": "done", "finished": _now(), "seconds": round(time.perf_counter() - tic, 2),
                        "outputs": {k: _rel(v, plan.dir) for k, v in outputs.items() if v is not None},
                        "figures": figures})
-        _write_json(manifest_path, manifest)
+        write(manifest_path, manifest)
         ran.append(stage)
         say(f"{stage}: done in {record['seconds']:.1f} s")
     manifest["updated"] = _now()
-    _write_json(manifest_path, manifest)
+    write(manifest_path, manifest)
     result = _result(plan, manifest, ran, skipped, time.perf_counter() - start)
-    if not quiet:
+    if not quiet and w.main:
         print_summary(result)
     return result
 

@@ -337,10 +337,14 @@ def _taxonomy_digest(tax) -> str:
 
 def make_sdg_teacher(cfg: GenerateConfig):
     """The teacher that `cfg` names (model, URL, backend, batch and prefix-cache settings)."""
-    from mlxlab.teacher import make_teacher
+    from mlxlab.distributed import from_main, world
+    from mlxlab.teacher import default_batch_size, make_teacher
 
-    return make_teacher(cfg.teacher, url=cfg.teacher_url, backend=cfg.teacher_backend,
-                        batch_size=cfg.batch_size or None, prefix_cache=cfg.prefix_cache, concurrency=cfg.concurrency)
+    # the batch decides the groups and so the text: under mlx.launch every rank takes rank 0's
+    batch = cfg.batch_size or (from_main(default_batch_size, "choosing the batch size") if world().size > 1
+                               else None)
+    return make_teacher(cfg.teacher, url=cfg.teacher_url, backend=cfg.teacher_backend, batch_size=batch,
+                        prefix_cache=cfg.prefix_cache, concurrency=cfg.concurrency)
 
 
 def generate_data(taxonomy: str | Path | None = None, *, teacher=None, teacher_url: str | list[str] | None = None,
@@ -382,17 +386,16 @@ def _generate(cfg: GenerateConfig, instance) -> DataResult:
             raise MlxlabError(f"the taxonomy under {cfg.taxonomy} differs between ranks: "
                               + ", ".join(f"rank {r}: {d}" for r, d in enumerate(digests)),
                               hint="copy the same taxonomy (and its documents) to every machine")
-        # the batch decides the groups and so the text: every rank uses rank 0's
-        from mlxlab.teacher import default_batch_size
-        cfg = dataclasses.replace(cfg, batch_size=from_main(lambda: cfg.batch_size or default_batch_size(),
-                                                            "choosing the batch size", w),
-                                  quiet=cfg.quiet or not w.main)
+        cfg = dataclasses.replace(cfg, quiet=cfg.quiet or not w.main)
     out = Path(cfg.output)
     if w.main:
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(out / "config.yaml", cfg)
     start = time.perf_counter()
     teacher = instance or make_sdg_teacher(cfg)
+    if w.size > 1 and len(set(gather_json(teacher.batch_size, "comparing the batch sizes", w))) > 1:
+        raise MlxlabError("the ranks' teachers decode different batch sizes, which would change the text",
+                          hint="pass the same --batch-size to every rank")
     from mlxlab.datasets import split_seeds, write_datasets
 
     methods = choose_methods(teacher, cfg)
