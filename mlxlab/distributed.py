@@ -211,6 +211,24 @@ def shares(costs: list[float], size: int) -> list[int]:
     return owner
 
 
+def free_ports(count: int = 2) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1 (for `mlx.launch --starting-port`: the ring
+    backend listens on port + rank)."""
+    import socket
+
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
 def info() -> dict:
     """{"rank", "size", "backend"} of this process (for `mlxlab info`)."""
     w = world()

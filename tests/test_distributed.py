@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxlab.distributed import free_ports as free_port
 from mlxlab.errors import MlxlabError
 from tests.test_train import _log, adapters_max_diff, write_chat
 
@@ -30,21 +30,6 @@ if args[0] == "pid":
 from mlxlab.cli import main
 sys.exit(main(args))
 """
-
-
-def free_port(count: int = 2) -> int:
-    """The first of `count` consecutive free ports (the ring backend listens on port + rank)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
 
 
 def launch(args: list[str], *, ranks: int = 2, pid_file: Path | None = None, **popen) -> subprocess.Popen:

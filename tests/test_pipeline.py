@@ -256,3 +256,26 @@ def test_the_device_section_holds_for_a_python_run(tmp_path, monkeypatch):
         taxonomy=str(Path(__file__).resolve().parents[1] / "taxonomy"))
     assert seen == {"device": "cpu", "dtype": "float32", "dequantize": "never"}
     assert os.environ.get(mlxlab.device.DTYPE_ENV) is None          # the process is left as it was
+
+
+@pytest.mark.slow
+def test_run_on_two_ranks_gives_the_same_data_and_rank_0_alone_writes(tiny_run, tiny_llama):
+    """`mlx.launch -n 2 -- mlxlab run`: generate and train on both ranks, the rest on rank 0 (own run folders)."""
+    from tests.test_distributed import run_launch
+
+    tmp, _ = tiny_run
+    args = ["--config", str(tmp / "mlxlab.yaml"), "run", "tiny", "--runs-dir", str(tmp / "ranks{rank}"),
+            "--taxonomy", str(tmp / "taxonomy"), "--model", str(tiny_llama), "--quiet"]
+    text = run_launch(args, timeout=900)
+    assert "Traceback" not in text, text
+    run_dir = tmp / "ranks0" / "tiny"
+    manifest = read_manifest(run_dir)
+    assert manifest["world_size"] == 2 and list(manifest["stages"]) == list(STAGES), text
+    assert all(r["status"] == "done" for r in manifest["stages"].values())
+    assert manifest["stages"]["train"]["figures"]["world_size"] == 2
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl"):
+        assert (run_dir / "data" / name).read_bytes() == (tmp / "runs" / "tiny" / "data" / name).read_bytes(), name
+    assert (run_dir / "gguf").is_dir() and (run_dir / "eval" / "summary.json").is_file()
+    # rank 1 kept its SDG journal and wrote nothing else
+    assert {p.parent.name for p in (tmp / "ranks1").rglob("*") if p.is_file()} <= {".journal"}
+    assert text.count("held-out loss") == 1            # one summary, from rank 0
