@@ -97,10 +97,8 @@ def _ranks(command: list[str], ranks: int, port: int, timeout: float) -> tuple[s
     return outs[0][0], "\n".join(err[-1500:] for _, err in outs)
 
 
-def _train(ranks: int, data: Path, out: Path, iters: int, port: int) -> dict:
-    cmd = ["-m", "mlxlab", "train", "--data", str(data), "--output", str(out), "--num-iters", str(iters),
-           "--batch-size", "4", "--lora-rank", "8", "--num-layers", "16", "--max-seq-length", "192",
-           "--save-every", "0", "--steps-per-eval", "0"]
+def _mlxlab(cmd: list[str], ranks: int, port: int) -> tuple[str, str, float]:
+    """`python CMD` (CMD: -m mlxlab VERB ...) on 1 process (all cores) or `ranks` local ranks: (out, err, s)."""
     tic = time.perf_counter()
     if ranks == 1:
         proc = subprocess.run([sys.executable, *cmd], env=_env(os.cpu_count() or 1), capture_output=True, text=True,
@@ -108,7 +106,14 @@ def _train(ranks: int, data: Path, out: Path, iters: int, port: int) -> dict:
         stdout, stderr = proc.stdout, proc.stderr
     else:
         stdout, stderr = _ranks([sys.executable, *cmd], ranks, port, 3600)
-    wall = time.perf_counter() - tic
+    return stdout, stderr, time.perf_counter() - tic
+
+
+def _train(ranks: int, data: Path, out: Path, iters: int, port: int) -> dict:
+    cmd = ["-m", "mlxlab", "train", "--data", str(data), "--output", str(out), "--num-iters", str(iters),
+           "--batch-size", "4", "--lora-rank", "8", "--num-layers", "16", "--max-seq-length", "192",
+           "--save-every", "0", "--steps-per-eval", "0"]
+    stdout, stderr, wall = _mlxlab(cmd, ranks, port)
     result_file = out / "result.json"
     if not result_file.is_file():
         raise SystemExit(f"training on {ranks} rank(s) failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
@@ -131,14 +136,7 @@ def _allreduce(repeats: int, port: int) -> dict:
 def _generate(ranks: int, out: Path, args: list[str], port: int) -> dict:
     cmd = ["-m", "mlxlab", "generate", "--taxonomy", str(ROOT / "taxonomy"), "--output", str(out), "--quiet",
            "--allow-empty", *args]
-    tic = time.perf_counter()
-    if ranks == 1:
-        proc = subprocess.run([sys.executable, *cmd], env=_env(os.cpu_count() or 1), capture_output=True, text=True,
-                              timeout=3600)
-        stdout, stderr = proc.stdout, proc.stderr
-    else:
-        stdout, stderr = _ranks([sys.executable, *cmd], ranks, port, 3600)
-    wall = time.perf_counter() - tic
+    stdout, stderr, wall = _mlxlab(cmd, ranks, port)
     if not (out / "report.json").is_file():
         raise SystemExit(f"SDG on {ranks} rank(s) failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
     report = json.loads((out / "report.json").read_text())
