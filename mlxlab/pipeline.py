@@ -420,19 +420,24 @@ def _run(name, *, taxonomy, model, teacher, runs_dir, from_stage, stages, config
     ran, skipped = [], []
     for stage in [s for s in STAGES if s in plan.run.stages]:
         forced = from_stage is not None and STAGES.index(stage) >= STAGES.index(from_stage)
-        inputs = from_main(lambda: _inputs(stage, plan), f"planning {stage}", w)
-        digest = _digest(inputs)
         previous = manifest["stages"].get(stage, {})
-        same = previous.get("inputs_hash") == digest
-        outputs_there = all((plan.dir / p).exists() for p in previous.get("outputs", {}).values() if p)
-        skip = from_main(lambda: not forced and same and previous.get("status") == "done" and outputs_there,
-                         f"planning {stage}", w)
-        if skip:
+
+        def decide() -> dict:               # on rank 0, whose run folder and manifest are the real ones
+            inputs = _inputs(stage, plan)
+            same = previous.get("inputs_hash") == _digest(inputs)
+            outputs_there = all((plan.dir / p).exists() for p in previous.get("outputs", {}).values() if p)
+            done = previous.get("status") == "done"
+            # resume: the same inputs, killed, failed or interrupted
+            return {"inputs": inputs, "skip": not forced and same and done and outputs_there,
+                    "resume": same and not done and not forced}
+
+        decision = from_main(decide, f"planning {stage}", w)
+        inputs, resume = decision["inputs"], decision["resume"]
+        digest = _digest(inputs)
+        if decision["skip"]:
             say(f"{stage}: skipped, inputs unchanged since {previous.get('finished', 'the last run')}")
             skipped.append(stage)
             continue
-        # killed, failed or interrupted
-        resume = from_main(lambda: same and previous.get("status") != "done" and not forced, f"planning {stage}", w)
         why = "forced (--from)" if forced else "resuming an interrupted run" if resume else \
             "inputs changed" if previous else "first run"
         say(f"{stage}: running ({why})" + (f" on {w.size} ranks" if w.size > 1 and stage in SHARDED else ""))

@@ -356,7 +356,8 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
             # weigh each rank's mean by its share of the global micro-batch's tokens: the sum over ranks is then
             # the one-process gradient of the whole micro-batch (mlx-lm's plain average of the ranks' means is not)
             ntoks = ntoks * weight
-            grad = tree_map(lambda g: g * (ntoks / mx.distributed.all_sum(ntoks, stream=stream)), grad)
+            share = ntoks / mx.distributed.all_sum(ntoks, stream=stream)     # one scalar all-reduce per micro-batch
+            grad = tree_map(lambda g: g * share, grad)
         if previous is not None:
             grad = tree_map(lambda a, b: a + b, grad, previous)
         if update:
