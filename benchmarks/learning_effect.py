@@ -19,7 +19,7 @@ benchmarks/results/learning_effect.{json,md}.
     python benchmarks/learning_effect.py                            # the whole default run (~20 min on 2 cores)
     python benchmarks/learning_effect.py --runs-dir runs --keep     # keep the run in runs/default
     python benchmarks/learning_effect.py --run-dir runs/default     # re-measure a finished run
-    python benchmarks/learning_effect.py --run-dir runs/default --quick --ablation-length iters
+    python benchmarks/learning_effect.py --run-dir runs/default --quick --ablation-length settings
 """
 
 from __future__ import annotations
@@ -229,18 +229,19 @@ def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict,
                    redo: bool) -> dict:
     """Train the ablation (same settings and phases as the run, no generated samples) into `out`."""
     from mlxlab.datasets import GENERAL_VALID
+    from mlxlab.pipeline import plan_phases
     from mlxlab.train import train
 
     data, abl_data, adapters = run_dir / "data", out / "data", out / "adapters"
     counts = ablation_data(data, abl_data)
     if cfg.general_valid is None:       # as the pipeline's train stage does: the packaged general chat set
         cfg = dataclasses.replace(cfg, general_valid=str(GENERAL_VALID))
-    use_phases = bool(run_section.get("phases", True)) and (abl_data / "phase1" / "train.jsonl").is_file()
-    ran_phases = (run_dir / "adapters" / "phase_1" / "result.json").is_file()
-    if use_phases != ran_phases:
-        say(f"note: the run's adapters {'have' if ran_phases else 'have no'} phase folders, but its settings "
-            f"and data say phases={use_phases}; the ablation follows the settings")
-    phases = [{"data": str(abl_data / "phase1")}, {"data": str(abl_data)}] if use_phases else None
+    # the pipeline's own rule (phase 2 only where the mix holds something phase 1 does not)
+    phases = plan_phases(abl_data, bool(run_section.get("phases", True)))
+    ran_phases = len(list((run_dir / "adapters").glob("phase_*/result.json")))
+    if len(phases or []) != ran_phases:
+        say(f"note: the run trained {ran_phases} phase(s), the ablation's data and settings give "
+            f"{len(phases or [])}; the ablation follows its own data")
     if length == "iters":                  # the same number of optimizer steps per phase as the run took
         steps = [p["trained_iters"] for p in _phase_records(run_dir / "adapters")]
         if not steps or (phases and len(steps) != len(phases)):
@@ -261,7 +262,7 @@ def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict,
         if adapters.exists():
             shutil.rmtree(adapters)        # other inputs: train refuses to mix checkpoints
         stamp.unlink(missing_ok=True)
-        say(f"ablation: training {'2 phases' if phases else 'one phase'} without generated samples -> {adapters}")
+        say(f"ablation: training {len(phases or [None])} phase(s) without generated samples -> {adapters}")
         if phases:
             train(model, abl_data, adapters, config=cfg, phases=phases, quiet=True)
         else:
@@ -565,9 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="measure this finished run instead of running one")
     parser.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     parser.add_argument("--ablation-dir", default=None, help="where the ablation trains (default: RUN/ablation)")
-    parser.add_argument("--ablation-length", choices=("settings", "iters"), default="settings",
-                        help="settings: the run's epochs and early stopping (fewer steps on less data); "
-                             "iters: as many steps per phase as the run took")
+    parser.add_argument("--ablation-length", choices=("settings", "iters"), default="iters",
+                        help="iters (the same budget): as many optimizer steps per phase as the run took; "
+                             "settings: the run's epochs (fewer steps on less data)")
     parser.add_argument("--redo-ablation", action="store_true", help="train the ablation even if a matching one exists")
     parser.add_argument("--no-ablation", action="store_true", help="measure base and trained only")
     parser.add_argument("--rouge-questions", type=int, default=None,

@@ -219,3 +219,35 @@ def section_pairs(paths, *, max_words: int = 120) -> list[dict]:
                         "answer": "\n\n".join(map(_unwrap, answer)), "source": f"{Path(path).name}: {topic}"})
     return out
 
+
+def passages(paths, *, max_words: int = 120, min_words: int = 20) -> list[dict]:
+    """Every document's text as passages of whole paragraphs under one heading, about `max_words` words each:
+    [{"text", "heading", "source"}], in document order. A paragraph longer than `max_words` is a passage alone;
+    a passage under `min_words` (a lone caption or link) is left out.
+
+    These are the answers of back-translated knowledge Q&A (the teacher writes only the question), so every
+    part of the documents, not just each section's opening, can be asked about and answered faithfully.
+    """
+    out = []
+    for path in paths:
+        current: list[str] = []
+        words, trail = 0, ()
+
+        def flush():
+            if words >= min_words:
+                heading = _heading_text(trail[-1]) if trail else ""
+                out.append({"text": "\n\n".join(map(_unwrap, current)), "heading": heading,
+                            "source": f"{Path(path).name}: {heading}" if heading else Path(path).name})
+
+        for block_trail, paragraph in _blocks(read_document(path)):
+            count = len(paragraph.split())
+            # a paragraph that ends in ':' introduces the next one (a list, a code block): they stay together
+            lead_in = bool(current) and current[-1].rstrip().endswith(":")
+            if current and (block_trail != trail or (words + count > max_words and not lead_in)):
+                flush()
+                current, words = [], 0
+            current.append(paragraph)
+            words += count
+            trail = block_trail
+        flush()
+    return out

@@ -11,10 +11,12 @@ teacher; the rest are training seeds, shown to the teacher and trained on (they 
 
 - `phase1/train.jsonl`: the knowledge documents' chunks as plain text (loss on every token), their sections as
   question/answer pairs (a question from the heading, the section's text as the answer), every leaf's
-  training seeds, and generated knowledge Q&A (chunk in the prompt, loss on all tokens);
-  `phase1/valid.jsonl`: the knowledge leaves' validation items.
-- `train.jsonl` / `valid.jsonl`: the phase-2 mix — training seeds of every leaf, generated skills, generated
-  knowledge with the answering chunk among distractor chunks (RAFT-style), and optional replay samples.
+  training seeds, and generated knowledge Q&A: back-translated ones (a teacher's question answered by a
+  passage of the documents) closed-book, the others with their chunk in the prompt (loss on all tokens);
+  `phase1/valid.jsonl`: every leaf's validation items (phase 1 trains every leaf's seeds).
+- `train.jsonl` / `valid.jsonl`: the phase-2 mix — training seeds of every leaf, generated skills, back-translated
+  knowledge Q&A, other generated knowledge with the answering chunk among distractor chunks (RAFT-style), and
+  optional replay samples.
   Validation holds human-written seeds only: checkpoints are chosen by how well the model answers what people
   wrote, so generated data that does not help them cannot win.
 - `test.jsonl`: the held-out seeds.
@@ -212,7 +214,12 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
         phase1.extend(document_records(leaf, docs.get("chunks", [])) + seeds["train"] + sections)
         mix.extend(seeds["train"] + sections)
         valid.extend(seeds["valid"])
-        phase1_valid.extend(seeds["valid"])
+        # back-translated Q&A (the answer is a passage of the documents) are asked closed-book, as users ask
+        for s in (s for s in samples if s.get("answer_from") == "document"):
+            record = skill_record(s)
+            phase1.append({**record, "metadata": {**record["metadata"], "answer_from": "document"}})
+            mix.append(phase1[-1])
+        samples = [s for s in samples if s.get("answer_from") != "document"]
         chunks = sorted({s["chunk"] for s in samples})
         for s in samples:
             others = [c for c in chunks if c != s["chunk"]]
@@ -222,6 +229,8 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
             mix.append(p2)
     if phase1:                  # a phase 1 only where there is knowledge; it takes every leaf's seeds too
         phase1 = skill_seeds + phase1
+        # ... and is validated on every leaf's validation seeds: more items make the kept checkpoint less noisy
+        phase1_valid = list(valid)
     if cfg.replay and cfg.replay_ratio > 0:
         # both phases replay general data: forgetting starts in phase 1 already
         mix.extend(read_replay(cfg.replay, round(cfg.replay_ratio * len(mix)), cfg.seed))

@@ -9,8 +9,11 @@ cache prefills it once.
 Layouts (each block separated by a blank line):
 - freeform skill: task description, then `Q: question` / `A: answer` blocks, then `Q:`
 - grounded skill: task description, then `Context: …` / `Q: …` / `A: …` blocks, then `Context:`
-- knowledge: document outline, then `Text: seed context` with its `Q:`/`A:` pairs, then
-  `Text: chunk` and `Q:`
+- knowledge (back-translation): document outline, then `Text: seed context` with its seed questions as
+  `Q:` lines, then `Text: passage` and `Q:`. The teacher writes only the question; the answer is the
+  passage itself, so it is faithful by construction. A 135M teacher's own answers about a chunk were mostly
+  invented or cut off (6 of 10 at the token limit on the Jolie leaf), while a question is one short line
+  that it writes well enough, and the likelihood scorer keeps the questions that best explain their passage.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import random
 import re
 
 # bump when a layout changes: journals of the old layout are set aside
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SHOTS = 4                    # seed examples shown per skill prompt
 KNOWLEDGE_PAIRS = 3          # seed Q&A shown per knowledge prompt (with their context)
+SCORE_WORDS = 48             # the likelihood scorer reads at most this many words of an answer
 # where one new pair ends: the next block's marker (a grounded pair's own Q: is inside its block)
 STOPS = {"skill": ("\nQ:", "\nText:", "\nContext:"), "grounded": ("\nContext:", "\nText:"),
-         "knowledge": ("\nQ:", "\nText:")}
+         "question": ("\n",)}
 
 
 def _block(question: str, answer: str, context: str | None = None) -> str:
@@ -46,11 +50,19 @@ def skill_prompt(task: str, shots: list[dict], *, grounded: bool = False) -> str
     return f"{task.strip()}\n\n{body}" + ("Context:" if grounded else "Q:")
 
 
-def knowledge_prompt(outline: str, example: dict, chunk: str) -> str:
-    """The pattern text for a knowledge leaf: a seed context with its Q&A, then the chunk to ask about."""
-    pairs = "".join(_block(qa["question"], qa["answer"]) for qa in example["qas"][:KNOWLEDGE_PAIRS])
-    return (f"{outline.strip()}\n\nText: {example['context'].strip()}\n\n{pairs}"
-            f"Text: {chunk.strip()}\n\nQ:")
+def question_prompt(outline: str, example: dict, passage: dict) -> str:
+    """The back-translation pattern: a seed context with its questions, then a passage (under its heading, as
+    the seed contexts are) and `Q:`; the teacher continues with one question, ended by the newline."""
+    questions = "".join(f"Q: {' '.join(qa['question'].split())}\n" for qa in example["qas"][:KNOWLEDGE_PAIRS])
+    heading = f"## {passage['heading']}\n\n" if passage.get("heading") else ""
+    return (f"{outline.strip()}\n\nText: {example['context'].strip()}\n{questions}\n"
+            f"Text: {heading}{passage['text'].strip()}\nQ:")
+
+
+def parse_question(text: str) -> dict | None:
+    """{question} from a back-translation continuation (its first line), or None when it is empty."""
+    question = " ".join(text.split("\n", 1)[0].split()) if isinstance(text, str) else ""
+    return {"question": question} if question else None
 
 
 def parse_pair(text: str, *, grounded: bool = False) -> dict | None:
@@ -76,27 +88,33 @@ def parse_pair(text: str, *, grounded: bool = False) -> dict | None:
 def score_texts(sample: dict) -> tuple[tuple[str, str], tuple[str, str]]:
     """(conditional, unconditional) (prefix, continuation) pairs for the likelihood scorer.
 
-    The score is log p(answer | grounding, question) - log p(answer), per answer token: how much the question
-    (and its chunk or context) explains the answer. Debris that merely continues text scores near zero or
-    below; a fitting, grounded answer scores well above.
+    The score is log p(answer | grounding, question) - log p(answer), per token of the answer's first
+    `SCORE_WORDS` words: how much the question (and its chunk or context) explains the answer. Debris that
+    merely continues text scores near zero or below; a fitting, grounded answer scores well above.
     """
     grounding = sample.get("chunk") or sample.get("context") or ""
     head = f"Text: {grounding.strip()}\n\n" if grounding else ""
-    answer = " " + sample["answer"].strip()
+    # the opening words of a long answer (a back-translated passage) tell as much, at a fraction of the cost
+    answer = " " + re.match(rf"\s*(?:\S+\s+){{0,{SCORE_WORDS - 1}}}\S*", sample["answer"].strip()).group(0).strip()
     return (f"{head}Q: {sample['question'].strip()}\nA:", answer), ("A:", answer)
 
 
 def fewshot_pipeline(run, seeds: list[dict], chunks: list) -> dict[str, dict]:
     """The few-shot style (`mlxlab.fewshot`): one new pair per continuation of the seeds' pattern."""
-    from mlxlab.sdg import _knowledge_units, knowledge_examples
+    from mlxlab.sdg import knowledge_examples
 
     cfg, leaf = run.cfg, run.leaf
     n = cfg.samples_per_seed
     if leaf.kind == "knowledge":
         examples = knowledge_examples(seeds)
-        return run.stage("fewshot", _knowledge_units(examples, chunks, n), lambda it: knowledge_prompt(
-            leaf.document_outline or "", examples[it["seed"]], it["chunk"]),
-            lambda text, _it: (parse_pair(text), True), stop=STOPS["knowledge"])
+        passages = run.passages
+        # one seed example per batch of the teacher: the batch shares its whole prompt prefix in the cache
+        items = {f"{i}/{k}": {"seed": (i * n + k) // run.group % len(examples), "answer": p["text"],
+                              "heading": p["heading"], "passage": p["source"], "answer_from": "document"}
+                 for i, p in enumerate(passages) for k in range(n)}
+        return run.stage("questions", items, lambda it: question_prompt(
+            leaf.document_outline or "", examples[it["seed"]], {"heading": it["heading"], "text": it["answer"]}),
+            lambda text, _it: (parse_question(text), True), stop=STOPS["question"])
     grounded = leaf.kind == "grounded_skill"
     task = leaf.task_description or ""
     items = {f"{i}/{k}": {"seed": i} for i in range(len(seeds)) for k in range(n)}

@@ -210,19 +210,25 @@ def _load_taxonomy(root: str):
     return tax
 
 
+def _readable(leaf) -> list:
+    """A knowledge leaf's documents that mlxlab reads (.md, .txt, .pdf)."""
+    from mlxlab.chunking import READABLE_SUFFIXES
+
+    return [p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES] if leaf.kind == "knowledge" \
+        else []
+
+
 def _sections(leaf) -> list[dict]:
     """A knowledge leaf's document sections as question/answer pairs (`chunking.section_pairs`)."""
-    from mlxlab.chunking import READABLE_SUFFIXES, section_pairs
+    from mlxlab.chunking import section_pairs
 
-    if leaf.kind != "knowledge":
-        return []
-    return section_pairs([p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES])
+    return section_pairs(_readable(leaf))
 
 
 def _knowledge_chunks(leaf, teacher, cfg: GenerateConfig, stats: LeafStats) -> list:
-    from mlxlab.chunking import READABLE_SUFFIXES, chunk_documents
+    from mlxlab.chunking import chunk_documents
 
-    docs = [p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES]
+    docs = _readable(leaf)
     for skipped in sorted(set(leaf.documents) - set(docs)):
         stats.notes.append(f"skipped {skipped}: only .md, .txt and .pdf documents are read")
     chunks = chunk_documents(docs, teacher.count_tokens, chunk_tokens=cfg.chunk_tokens,
@@ -288,10 +294,17 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     seeds = split["train"]
     chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
     lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)
-    if not seeds or (leaf.kind == "knowledge" and not chunks):
+    # few-shot knowledge is back-translated: the documents' passages are the answers, the teacher asks
+    back_translated = leaf.kind == "knowledge" and methods["prompt_style"] == "fewshot"
+    if back_translated:
+        from mlxlab.chunking import passages
+
+        run.passages = passages(_readable(leaf))
+        stats.notes.append(f"{len(run.passages)} passage(s) to ask about; the answers are the documents' own text")
+    if not seeds or (leaf.kind == "knowledge" and not (run.passages if back_translated else chunks)):
         items = {}
         stats.notes.append("nothing to generate from: no visible seed examples" if not seeds else "no chunks")
-    elif lengths[0] > cfg.max_tokens:
+    elif lengths[0] > cfg.max_tokens and not back_translated:
         # answers like the seeds' would all be cut off (and dropped as truncated): do not spend the time
         items = {}
         stats.notes.append(f"not generated: even the shortest seed answer has {lengths[0]} teacher tokens, over "

@@ -83,6 +83,7 @@ class _Run:
         self.teacher, self.cfg, self.leaf, self.journal, self.stats, self.display = (
             teacher, cfg, leaf, journal, stats, display)
         self.share = share if share is not None else {"units": 0, "tokens": 0}   # what this rank generated
+        self.passages: list[dict] = []      # a back-translated knowledge leaf's passages (`chunking.passages`)
         from mlxlab.distributed import world
 
         self.world = world()

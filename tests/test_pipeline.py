@@ -210,6 +210,25 @@ def test_run_trains_by_epochs_from_the_config_file(tiny_llama, smollm2_dir, tmp_
     assert replay and all(json.loads(line)["metadata"]["source"] == "replay" for line in replay)
 
 
+def test_phase_2_only_where_the_mix_holds_something_new(tmp_path):
+    from mlxlab.pipeline import plan_phases
+
+    def write(path: Path, *contents: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c},
+                                                         {"role": "assistant", "content": "a"}],
+                                            "metadata": {"source": c}}) + "\n" for c in contents))
+
+    data = tmp_path / "data"
+    write(data / "train.jsonl", "seed", "generated skill")
+    assert plan_phases(data) is None                                   # no knowledge: one training on the mix
+    write(data / "phase1" / "train.jsonl", "seed", "back-translated")
+    assert [p["data"] for p in plan_phases(data)] == [str(data / "phase1"), str(data)]     # the skill is new
+    write(data / "train.jsonl", "back-translated", "seed")            # metadata and order do not matter
+    assert [p["data"] for p in plan_phases(data)] == [str(data / "phase1")]
+    assert plan_phases(data, enabled=False) is None
+
+
 def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(MlxlabError, match="did you mean 'num_iters'"):
         plan_run(runs_dir=tmp_path, config_file=None, num_iter=3)

@@ -185,6 +185,25 @@ def test_document_sections_become_questions_answered_by_their_text(tmp_path):
     assert "```\ncode stays as it is\n```" in moons["answer"] and "More text" not in moons["answer"]
 
 
+def test_passages_cover_whole_documents_in_whole_paragraphs(tmp_path):
+    from mlxlab.chunking import passages
+
+    doc = tmp_path / "mars.md"
+    doc.write_text(MARS + "\n## Moons\n\nMars has two moons, and both of them are small and\nirregular; "
+                   "each one is listed here:\n\n- Phobos, the larger one, orbits very close to the planet\n"
+                   "- Deimos\n\n" + "\n\n".join(f"Paragraph {i} about the moons of Mars has exactly twelve words "
+                                                 "in it." for i in range(8)) + "\n")
+    found = passages([doc], max_words=40)
+    assert [p["heading"] for p in found] == ["Surface"] + ["Moons"] * 4     # the short ones left out
+    assert found[0]["text"].startswith("The surface of Mars is red because of iron oxide dust. Olympus Mons")
+    assert found[0]["source"] == "mars.md: Surface"
+    # a paragraph ending in ':' stays with what it introduces, even past max_words; lists keep their lines
+    assert found[1]["text"].endswith("each one is listed here:\n\n- Phobos, the larger one, orbits very close "
+                                     "to the planet\n- Deimos")
+    assert all(len(p["text"].split()) <= 40 for p in found[2:])
+    assert sum(p["text"].count("Paragraph ") for p in found) == 8             # every paragraph, once
+
+
 def test_chunking_keeps_headings_and_bounds():
     count = lambda t: len(t.split())
     doc = MARS + "\n## Long\n\n" + "dust " * 400
@@ -253,7 +272,17 @@ def test_datasets_from_scripted_samples(tmp_path):
     trained = questions(files["train"]) | questions(files["knowledge_phase1"])
     assert heldout and not heldout & (trained | questions(files["valid"]))
     assert not questions(files["valid"]) & trained
-    assert questions(tmp_path / "out" / "phase1" / "valid.jsonl") <= questions(files["valid"])
+    # phase 1 trains every leaf's seeds, so it is validated on every leaf's validation seeds
+    assert questions(tmp_path / "out" / "phase1" / "valid.jsonl") == questions(files["valid"])
+    # a back-translated sample (the answer is a passage of the documents) is asked closed-book in both phases
+    back = {"unit": "7/0", "question": "What colour is Mars?", "answer": "The surface of Mars is red.",
+            "answer_from": "document", "leaf": kinds["knowledge"], "kind": "knowledge", "scores": {"likelihood": 1}}
+    files = write_datasets(tmp_path / "back", leaves, {kinds["knowledge"]: [back]}, cfg, documents=documents)
+    for path in (files["train"], files["knowledge_phase1"]):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["messages"] for r in rows if r["metadata"]["source"] == "generated"] == [[
+            {"role": "user", "content": "What colour is Mars?"},
+            {"role": "assistant", "content": "The surface of Mars is red."}]]
     # the split is stable: the same leaves give the same test set, whatever else changes
     again = write_datasets(tmp_path / "again", leaves, {}, dataclasses.replace(cfg, replay=None))
     assert again["test"].read_text() == files["test"].read_text()
@@ -321,9 +350,10 @@ def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
     assert {leaf["kind"] for leaf in report["leaves"]} == {"freeform_skill", "knowledge"}
     assert report["methods"]["prompt_style"] == "fewshot" and report["methods"]["scorer"] == "likelihood"
     for leaf in report["leaves"]:
-        # one attempt per training seed: 3 of the skill's 5 seeds, 10 of the knowledge leaf's 15 Q&A
-        assert leaf["stages"][0]["sent"] == (3 if leaf["kind"] == "freeform_skill" else 10) and leaf["tokens"] > 0
-        assert [s["stage"] for s in leaf["stages"]] == ["fewshot", "gates", "likelihood"]
+        # one attempt per training seed (3 of the skill's 5) or per document passage (the knowledge leaf's one)
+        assert leaf["stages"][0]["sent"] == (3 if leaf["kind"] == "freeform_skill" else 1) and leaf["tokens"] > 0
+        assert [s["stage"] for s in leaf["stages"]] == ["fewshot" if leaf["kind"] == "freeform_skill" else
+                                                        "questions", "gates", "likelihood"]
         for before, after in zip(leaf["stages"], leaf["stages"][1:]):
             assert after["sent"] == before["passed"]                  # each filter feeds the next
         assert leaf["kept"] == result.kept[leaf["leaf"]]
@@ -504,9 +534,8 @@ class FewshotTeacher:
         for text in texts:
             self.prompts.append(text)
             self.stops.append(tuple(stop))
-            if text.rstrip().endswith("Q:") and "\nText:" in text:            # knowledge: ask about the chunk
-                reply = (" What is the largest volcano on Mars?\nA: Olympus Mons, the largest volcano in the "
-                         "solar system, stands on Mars.", "stop")
+            if text.rstrip().endswith("Q:") and "\nText:" in text:            # knowledge: ask about the passage
+                reply = (" What is the largest volcano on Mars?", "stop")
             else:
                 reply = FEWSHOT_OUTPUTS[self.count % len(FEWSHOT_OUTPUTS)]
                 self.count += 1
@@ -554,9 +583,21 @@ def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
     assert generated and all(x["metadata"]["scores"]["likelihood"] > 0 for x in generated)
     texts = " ".join(x["messages"][0]["content"] + x["messages"][1]["content"] for x in generated)
     assert "SUBCKILL" not in texts and "taps the glass" not in texts and "snow on the hills" not in texts
+    # knowledge is back-translated: the teacher writes the question, a passage of the document is the answer
     knowledge = leaves["knowledge"]
-    assert knowledge["stages"][0]["stage"] == "fewshot" and knowledge["kept"] >= 1
-    assert any("Text: " in p and p.endswith("Q:") for p in teacher.prompts)
+    assert [s["stage"] for s in knowledge["stages"]] == ["questions", "gates", "likelihood"]
+    asked = [p for p in teacher.prompts if p.endswith("Q:") and "\nText: ## Surface\n" in p]
+    assert asked and asked[0].startswith("Notes on the planet Mars.") and "\nQ: Question " in asked[0]
+    assert teacher.stops[teacher.prompts.index(asked[0])] == ("\n",)
+    assert knowledge["stages"][0]["sent"] == 3            # the one passage of 20+ words, 3 questions asked of it
+    phase1 = [json.loads(x) for x in result.knowledge_phase1.read_text().splitlines()]
+    backtranslated = [x for x in phase1 if x["metadata"]["source"] == "generated"]
+    assert len(backtranslated) == knowledge["kept"] == 1          # the same question three times: deduplicated
+    assert backtranslated[0]["messages"] == [
+        {"role": "user", "content": "What is the largest volcano on Mars?"},
+        {"role": "assistant", "content": "The surface of Mars is red because of iron oxide dust. Olympus Mons, the "
+                                         "largest volcano in the solar system, stands on Mars."}]
+    assert backtranslated[0]["metadata"]["answer_from"] == "document"
 
 
 def test_self_replay_keeps_whole_sentences(tmp_path):
