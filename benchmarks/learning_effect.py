@@ -418,6 +418,8 @@ def sample_generated(run_dir: Path, tax_root: Path, gen: dict, count: int, seed:
         if sample is not None:
             question, answer = sample.get("question", ""), sample.get("answer", "")
             context = sample.get("chunk") or sample.get("context") or ""
+            if sample.get("answer_from") == "document":
+                context = answer        # the profile has no documents here; SDG's had them, this passage included
         else:                              # no generated/ file: the record's own last turns
             question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
