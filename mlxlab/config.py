@@ -105,7 +105,8 @@ class GenerateConfig:
     teacher_backend: str = field(default="auto", metadata={
         "help": "auto (llama-cpp on a CPU, mlx on Metal/CUDA, openai with a URL) | mlx | openai | llama-cpp"})
     output: str = field(default="data", metadata={"help": "output folder for datasets, report and journals"})
-    samples_per_seed: int = field(default=2, metadata={"help": "generation attempts per seed example and leaf"})
+    samples_per_seed: int = field(default=2, metadata={
+        "help": "generation attempts per seed example and leaf (back-translated knowledge: questions per passage)"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same data, also after a resume)"})
     quiet: bool = field(default=False, metadata={"help": "plain log lines instead of the progress display"})
     allow_empty: bool = field(default=False, metadata={"help": "let a leaf end with no samples (else an error)"})
@@ -522,7 +523,8 @@ class RunConfig:
                               metadata={"help": "stages to run, in order (others are left as they are)"})
     # The sizing: each value is the stage setting of the same name inside a run, unless the config file's
     # stage section sets it. Tuned to the embedded SmolLM2 on a 2-core CPU.
-    samples_per_seed: int = field(default=1, metadata={"help": "generate: attempts per seed example and leaf"})
+    samples_per_seed: int = field(default=1, metadata={
+        "help": "generate: attempts per seed example and leaf (back-translated knowledge: questions per passage)"})
     max_tokens: int = field(default=96, metadata={"help": "generate: most new tokens per generation"})
     replay: bool = field(default=False, metadata={
         "help": "generate: the student's own answers to generic prompts, mixed into training (replay); off by "
