@@ -303,7 +303,8 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
         stats.notes.append(f"{len(run.passages)} passage(s) to ask about; the answers are the documents' own text")
     if not seeds or (leaf.kind == "knowledge" and not (run.passages if back_translated else chunks)):
         items = {}
-        stats.notes.append("nothing to generate from: no visible seed examples" if not seeds else "no chunks")
+        stats.notes.append("nothing to generate from: " + ("no visible seed examples" if not seeds else
+                           "no document passage long enough to ask about" if back_translated else "no chunks"))
     elif lengths[0] > cfg.max_tokens and not back_translated:
         # answers like the seeds' would all be cut off (and dropped as truncated): do not spend the time
         items = {}

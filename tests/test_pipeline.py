@@ -229,6 +229,26 @@ def test_phase_2_only_where_the_mix_holds_something_new(tmp_path):
     assert plan_phases(data, enabled=False) is None
 
 
+@pytest.mark.slow
+def test_run_on_knowledge_alone_trains_phase_1_and_says_phase_2_was_skipped(tiny_llama, smollm2_dir, tmp_path):
+    from mlxlab.pipeline import summary_rows
+    from tests.test_sdg import make_taxonomy as make_knowledge
+
+    tax = make_knowledge(tmp_path / "taxonomy", knowledge=True)
+    shutil.rmtree(tax / "compositional_skills")          # knowledge only: the mix holds nothing phase 1 lacks
+    (tmp_path / "mlxlab.yaml").write_text(CONFIG)
+    result = run("k", runs_dir=tmp_path / "runs", taxonomy=tax, model=tiny_llama, quiet=True,
+                 config_file=tmp_path / "mlxlab.yaml", stages=["validate", "generate", "train"])
+    report = json.loads((tmp_path / "runs" / "k" / "data" / "report.json").read_text())
+    assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 1}
+    figures = result.stages["train"]["figures"]
+    assert len(figures["phases"]) == 1 and figures["phase_2"].startswith("skipped")
+    adapters = tmp_path / "runs" / "k" / "adapters"
+    assert (adapters / "phase_1" / "result.json").is_file() and not (adapters / "phase_2").exists()
+    assert (adapters / "adapters.safetensors").is_file()
+    assert ("  phase 2", figures["phase_2"]) in summary_rows(result)
+
+
 def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(MlxlabError, match="did you mean 'num_iters'"):
         plan_run(runs_dir=tmp_path, config_file=None, num_iter=3)
