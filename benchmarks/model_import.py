@@ -30,7 +30,6 @@ MESSAGES = [
 def _parity(model_dir: Path, gguf: Path, greedy_tokens: int) -> dict:
     """Logit and greedy-decoding agreement between MLX and llama.cpp on the same ids."""
     import numpy as np
-    from llama_cpp import Llama
     from mlx_lm.models.cache import make_prompt_cache
 
     from mlxlab.models import load_model
@@ -39,7 +38,9 @@ def _parity(model_dir: Path, gguf: Path, greedy_tokens: int) -> dict:
     model, tokenizer = load_model(model_dir)
     prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     ids = tokenizer.encode(prompt, add_special_tokens=False)
-    llm = Llama(str(gguf), logits_all=True, n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    from mlxlab.llamacpp import load_llama
+
+    llm = load_llama(gguf, logits_all=True, n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
     cpp_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
 
     start = time.perf_counter()

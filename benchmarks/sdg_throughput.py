@@ -93,12 +93,12 @@ def mlx_modes(model, prompts, max_tokens: int, seed: int, dequantize: str, label
 def llama_one_at_a_time(model, prompts, max_tokens: int, seed: int, threads: int) -> dict:
     """llama-cpp-python, one chat request at a time on the model's own GGUF (what ilab's server does)."""
     import llama_cpp
-    from llama_cpp import Llama
 
+    from mlxlab.llamacpp import load_llama
     from mlxlab.models import embedded_gguf
 
-    llm = Llama(model_path=str(model or embedded_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    llm = load_llama(model or embedded_gguf(), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                     verbose=False)
     llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0.0)
     llm.reset()                                             # warm kernels, cold prefix
     llama_cpp.llama_perf_context_reset(llm.ctx)
@@ -136,6 +136,75 @@ def llama_batched(model, prompts, max_tokens: int, seed: int, prefix: bool) -> d
     return result
 
 
+def llama_rows(model, prompts, max_tokens: int, seed: int) -> dict:
+    """llama.cpp one at a time (each thread count the policy uses), batched, and batched with the shared prefix."""
+    from mlxlab.device import llama_threads
+
+    singles = [llama_one_at_a_time(model, prompts, max_tokens, seed, threads)
+               for threads in sorted({llama_threads(), llama_threads(batched=True)})]
+    return {"one_at_a_time": singles,
+            "batched": llama_batched(model, prompts, max_tokens, seed, prefix=False),
+            "batched_prefix": llama_batched(model, prompts, max_tokens, seed, prefix=True)}
+
+
+def compare_builds(builds: list[tuple[str, str]], args) -> list[dict]:
+    """The llama.cpp rows once per (build, self-test setting), each in a child process with that build first on
+    its path: a native build (what `pip install` compiles) next to a portable one (GGML_NATIVE=OFF)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from mlxlab.llamacpp import CANDIDATES
+
+    rows = []
+    for name, folder in builds:
+        for setting, _ in CANDIDATES:
+            env = {**os.environ, "MLXLAB_LLAMA_SETTINGS": setting}
+            if folder:
+                env["PYTHONPATH"] = os.pathsep.join([folder, env.get("PYTHONPATH", "")])
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                proc = subprocess.run([sys.executable, __file__, "--llama-only", out.name, "--prompts",
+                                       str(args.prompts), "--max-tokens", str(args.max_tokens), "--seed",
+                                       str(args.seed)] + (["--model", args.model] if args.model else []),
+                                      env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    rows.append({"build": name, "settings": setting, "error": f"exit {proc.returncode}: "
+                                 + " ".join(proc.stderr.strip().splitlines()[-2:])[-300:]})
+                    continue
+                result = json.loads(Path(out.name).read_text())
+            rows.append({"build": name, "settings": setting, **result})
+    return rows
+
+
+def _llama_only(path: str, args) -> None:
+    """Child of `compare_builds`: the llama.cpp rows and the build they ran on, as JSON into `path`."""
+    from mlxlab.llamacpp import describe_build, self_test
+
+    rows = llama_rows(args.model, make_prompts(args.prompts), args.max_tokens, args.seed)
+    for r in [*rows["one_at_a_time"], rows["batched"], rows["batched_prefix"]]:
+        r.pop("texts", None)
+    build = self_test().build        # this build's compiled features (not the forced setting's verdict)
+    Path(path).write_text(json.dumps({"build_info": describe_build(build), **rows}))
+
+
+def builds_markdown(rows: list[dict]) -> list[str]:
+    """The native-vs-portable table."""
+    lines = ["", "## llama.cpp builds and self-test settings", "",
+             "| build | settings | compiled in | one at a time tok/s (best threads) | batched + shared prefix "
+             "tok/s | its prefill tok/s | its decode tok/s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['build']} | {r['settings']} | – | {r['error']} | | | |")
+            continue
+        best = max(x["tokens_per_second"] for x in r["one_at_a_time"])
+        b = r["batched_prefix"]
+        lines.append(f"| {r['build']} | {r['settings']} | {r['build_info'].split('compiled in: ')[-1]} | {best} | "
+                     f"{b['tokens_per_second']} | {b.get('prefill_tokens_per_second') or '–'} | "
+                     f"{b.get('decode_tokens_per_second') or '–'} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The results as a markdown table."""
     base = report["baseline"]
@@ -171,6 +240,8 @@ def markdown(report: dict) -> str:
         lines.append(f"- mlx {block['weights']}: prefill of two prompts with the shared prefix cached "
                      f"{t['two_prompts_prefix_cached_s']} s vs cold {t['two_prompts_prefix_cold_s']} s "
                      f"(x{t['cached_vs_cold_ratio']}); same texts in every mode: {block['same_texts_in_every_mode']}")
+    if report.get("builds"):
+        lines += builds_markdown(report["builds"])
     return "\n".join(lines) + "\n"
 
 
@@ -183,17 +254,21 @@ def main() -> None:
     parser.add_argument("--four-bit", action="store_true",
                         help="also run MLX with the 4-bit weights kept (slow on CPU)")
     parser.add_argument("--no-mlx", action="store_true", help="skip the MLX rows")
+    parser.add_argument("--builds", default="",
+                        help="also compare llama.cpp builds: NAME=SITE_DIR,... (a folder holding another "
+                             "llama_cpp package, e.g. `pip install --target DIR` with CMAKE_ARGS=-DGGML_NATIVE=OFF); "
+                             "the installed build is always one row, as 'installed'")
+    parser.add_argument("--llama-only", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.llama_only:
+        return _llama_only(args.llama_only, args)
     prompts = make_prompts(args.prompts)
-    from mlxlab.device import current_device, llama_threads, matmul_gflops
+    from mlxlab.device import current_device, matmul_gflops
     from mlxlab.teacher import choose_backend
 
-    singles = [llama_one_at_a_time(args.model, prompts, args.max_tokens, args.seed, threads)
-               for threads in sorted({llama_threads(), llama_threads(batched=True)})]
+    llama = llama_rows(args.model, prompts, args.max_tokens, args.seed)
+    singles = llama["one_at_a_time"]
     baseline = max(singles, key=lambda r: r["tokens_per_second"])
-    llama = {"one_at_a_time": singles,
-             "batched": llama_batched(args.model, prompts, args.max_tokens, args.seed, prefix=False),
-             "batched_prefix": llama_batched(args.model, prompts, args.max_tokens, args.seed, prefix=True)}
     blocks = []
     if not args.no_mlx:
         blocks.append(mlx_modes(args.model, prompts, args.max_tokens, args.seed, "auto",
@@ -217,6 +292,9 @@ def main() -> None:
                           "ratio": round(ceiling / baseline["tokens_per_second"], 1),
                           "share_percent": round(100 * chosen["tokens_per_second"] / ceiling, 1)},
               "llama_cpp": llama, "mlx": blocks}
+    if args.builds:
+        extra = [tuple(x.split("=", 1)) for x in args.builds.split(",") if "=" in x]
+        report["builds"] = compare_builds([("installed", ""), *extra], args)
     for r in [*singles, llama["batched"], llama["batched_prefix"]]:
         r.pop("texts", None)
     for block in blocks:

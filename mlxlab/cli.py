@@ -63,9 +63,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = device.device_info(measure=not args.no_measure)
     group = world()
+    from mlxlab.llamacpp import describe_build, verdict
+
+    llama = verdict(refresh=args.llama_selftest)
     if args.json:
-        _print(json.dumps({**dataclasses.asdict(info), "distributed": {"rank": group.rank, "size": group.size,
-                                                                       "backend": group.backend}}, indent=2))
+        _print(json.dumps({**dataclasses.asdict(info), "llama_cpp_selftest": dataclasses.asdict(llama),
+                           "distributed": {"rank": group.rank, "size": group.size, "backend": group.backend}},
+                          indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -81,7 +85,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("compute dtype", info.dtype),
         ("blas", info.blas),
         ("float32 matmul", f"{info.matmul_gflops:.1f} GFLOP/s (512x512)" if info.matmul_gflops else "not measured"),
-        ("llama.cpp", info.llama_cpp),
+        ("llama.cpp", describe_build(llama.build) if llama.build else info.llama_cpp),
+        ("llama.cpp self-test", llama.describe() + (" (cached; --llama-selftest runs it again)" if llama.cached
+                                                     else f" (ran now, {llama.seconds:.0f} s)")),
         ("llama.cpp threads", str(device.llama_threads())),
         ("distributed", group.describe() if group.size > 1 else "single process (start several with mlx.launch)"),
     ]
@@ -388,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, DeviceConfig)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-measure", action="store_true", help="skip the matmul speed measurement")
+    p.add_argument("--llama-selftest", action="store_true",
+                   help="run llama.cpp's self-test again (its verdict is cached per build and CPU)")
     p.set_defaults(handler=_cmd_info)
 
     tax = verbs.add_parser("taxonomy", help="validate and diff InstructLab taxonomies (qna.yaml)")
@@ -522,14 +530,40 @@ def _missing_verb(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+_VERBS = ("init", "info", "taxonomy", "model", "train", "generate", "fuse", "export", "serve", "chat", "attention",
+          "eval", "run")
+
+
+def _verb(argv: list[str]) -> str | None:
+    """The command line's verb ('taxonomy validate', 'run', ...), or None for help and bare `mlxlab`."""
+    if {"-h", "--help"} & set(argv):
+        return None
+    at = next((i for i, a in enumerate(argv) if a in _VERBS), None)
+    if at is None:
+        return None
+    sub = argv[at + 1] if at + 1 < len(argv) and argv[at] in ("taxonomy", "model", "eval") else ""
+    return f"{argv[at]} {sub}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `mlxlab` console script."""
+    """Entry point of the `mlxlab` console script.
+
+    Called without `argv` (the console script, `python -m mlxlab`), the command runs in a supervised child
+    process, so that a crash in native code ends with a clear line instead of silence (`mlxlab.crash`)."""
+    import os
+
+    from mlxlab import crash
+
+    verb = _verb(sys.argv[1:]) if argv is None and not os.environ.get(crash.ENV_CHILD) else None
+    if verb:
+        return crash.supervise(sys.argv[1:], verb)
+    if os.environ.get(crash.ENV_CHILD):
+        crash.start_child()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
-    import os
 
     saved = dict(os.environ)  # _setup_device passes the policy on through the environment; undo that after
     try:

@@ -280,12 +280,15 @@ import ctypes, sys, llama_cpp
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = int(sys.argv[3])
 params.nthread = int(sys.argv[4])
+params.allow_requantize = sys.argv[5] == "1"
 sys.exit(0 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) == 0 else 3)
 """
 
 
-def quantize_gguf(source: Path, dest: Path, out_type: str) -> None:
-    """Quantize a float GGUF to `out_type` with llama.cpp's quantizer (in a subprocess: it can abort)."""
+def quantize_gguf(source: Path, dest: Path, out_type: str, *, allow_requantize: bool = False) -> None:
+    """Quantize a float GGUF to `out_type` with llama.cpp's quantizer (in a subprocess: it can abort).
+
+    `allow_requantize`: the source may itself be quantized (llama.cpp refuses that unless asked)."""
     import llama_cpp
 
     from mlxlab.device import llama_threads
@@ -293,7 +296,8 @@ def quantize_gguf(source: Path, dest: Path, out_type: str) -> None:
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
     try:
         proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
-                               str(max(1, llama_threads()))], capture_output=True, text=True,
+                               str(max(1, llama_threads())), "1" if allow_requantize else "0"],
+                              capture_output=True, text=True,
                               timeout=QUANTIZE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise MlxlabError(f"llama.cpp's quantizer did not finish within {QUANTIZE_TIMEOUT_S} s ({out_type})",
@@ -307,11 +311,12 @@ def quantize_gguf(source: Path, dest: Path, out_type: str) -> None:
 _VERIFY_SCRIPT = """
 import json, sys
 import numpy as np
-from llama_cpp import Llama
+from mlxlab.llamacpp import load_llama
 args = json.loads(sys.argv[1])
 tokens = args["tokens"]
-llm = Llama(model_path=args["gguf"], n_ctx=args["n_ctx"], n_batch=min(512, args["n_ctx"]), logits_all=True,
-            n_threads=args["threads"], n_threads_batch=args["threads"], type_k=0, type_v=0, verbose=True)
+llm = load_llama(args["gguf"], purpose="the export check", n_ctx=args["n_ctx"], n_batch=min(512, args["n_ctx"]),
+                 logits_all=True, n_threads=args["threads"], n_threads_batch=args["threads"], type_k=0, type_v=0,
+                 verbose=True)
 text_tokens = llm.tokenize(args["text"].encode("utf-8"), add_bos=True, special=True)
 llm.eval(tokens)
 np.save(args["logits"], np.asarray(llm.scores[: len(tokens)], dtype=np.float32))
@@ -333,6 +338,9 @@ def _probe_text(tokenizer, text: str) -> str:
 def _llama_logits(gguf_path: Path, tokens: list[int], text: str) -> tuple[np.ndarray, dict]:
     """llama.cpp's logits for `tokens` on `gguf_path` (in a subprocess: a bad file can abort llama.cpp)."""
     from mlxlab.device import llama_threads
+    from mlxlab.llamacpp import require
+
+    require("checking the export", instead="export with --no-verify")
 
     with tempfile.TemporaryDirectory(prefix="mlxlab-verify-") as tmp:
         args = {"gguf": str(gguf_path), "tokens": tokens, "text": text, "n_ctx": max(64, len(tokens) + 8),

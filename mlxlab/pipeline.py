@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mlxlab.config import (EvalConfig, ExportConfig, FuseConfig, GenerateConfig, ModelConfig, RunConfig,
                            TaxonomyConfig, TrainConfig, load_config, resolve, save_resolved, to_dict)
+from mlxlab.crash import set_stage
 from mlxlab.datasets import GENERAL_VALID
 from mlxlab.errors import MlxlabError
 
@@ -468,6 +469,7 @@ def _run(name, *, taxonomy, model, teacher, runs_dir, from_stage, stages, config
         write(manifest_path, manifest)
         tic = time.perf_counter()
         plan.forced = forced
+        set_stage(f"run: {stage}")
         if not w.main and stage not in SHARDED:
             continue
         try:

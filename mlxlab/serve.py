@@ -56,8 +56,11 @@ def _command(model: str | Path, host: str, port: int, api_key: str | None,
         if not path.is_file():
             raise MlxlabError("no such file", path=path)
         _check_gguf(path)
+        from mlxlab.llamacpp import child_prelude, require
+
+        prelude = child_prelude(require("serving a GGUF", instead="serve the MLX model (a folder) with mlx-lm"))
         threads = str(max(1, llama_threads()))
-        script = _WATCHDOG + ("sys.argv = ['llama_cpp.server'] + sys.argv[1:]\n"
+        script = _WATCHDOG + prelude + ("sys.argv = ['llama_cpp.server'] + sys.argv[1:]\n"
                               "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
         cmd = [sys.executable, "-c", script, "--model", str(path), "--host", host, "--port", str(port),
                "--n_ctx", str(n_ctx or DEFAULT_N_CTX), "--n_threads", threads, "--n_threads_batch", threads]

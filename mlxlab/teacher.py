@@ -133,11 +133,12 @@ def default_batch_size() -> int:
 
 
 def choose_backend(url: str | list[str] | None = None) -> tuple[str, str]:
-    """(backend, why) for `teacher_backend: auto`: a documented rule, no probe.
+    """(backend, why) for `teacher_backend: auto`: a documented rule, and llama.cpp's self-test on a CPU.
 
     A URL → openai. Metal or CUDA → mlx (MLX's GPU kernels, 4-bit in unified memory). A CPU → llama-cpp
-    when llama-cpp-python is installed: on this project's 2-core x86 reference machine its batched
-    decoding runs SmolLM2 several times faster than MLX's CPU backend (benchmarks/sdg_throughput.py).
+    when llama-cpp-python is installed and passes its self-test on this CPU (`mlxlab.llamacpp`): on this
+    project's 2-core x86 reference machine its batched decoding runs SmolLM2 several times faster than MLX's
+    CPU backend (benchmarks/sdg_throughput.py).
     """
     if url:
         return "openai", "a teacher URL was given"
@@ -148,6 +149,11 @@ def choose_backend(url: str | list[str] | None = None) -> tuple[str, str]:
         return "mlx", f"MLX runs on the {device}"
     if importlib.util.find_spec("llama_cpp") is None:
         return "mlx", "a CPU, but llama-cpp-python is not installed"
+    from mlxlab.llamacpp import verdict
+
+    found = verdict()
+    if not found.usable:
+        return "mlx", f"a CPU, but llama.cpp cannot run here: it {found.reason}"
     return "llama-cpp", "a CPU: llama.cpp's batched CPU kernels are the fastest teacher there"
 
 
@@ -214,14 +220,15 @@ class Teacher:
         from mlxlab.llama_batch import LlamaBatch, teacher_gguf
 
         path, self.gguf_note = teacher_gguf(self.model_ref, requantize=requantize)
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from mlxlab.llamacpp import load_llama
 
         threads = llama_threads()
         # the Llama object gives the model, its tokenizer and metadata (and serves chat prompts of a GGUF
         # without a chat template); the batched engine decodes in a context of its own
-        self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                            verbose=False)
+        self._llama = load_llama(path, purpose="the llama.cpp teacher", n_ctx=n_ctx, n_threads=threads,
+                                 n_threads_batch=threads, verbose=False)
         template = self._llama.metadata.get("tokenizer.chat_template")
         if template:
             token = lambda key: (self._llama.detokenize([int(self._llama.metadata[key])], special=True).decode(

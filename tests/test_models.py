@@ -35,9 +35,9 @@ def _mlx_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def _llama(path: Path, **kwargs):
-    from llama_cpp import Llama
+    from mlxlab.llamacpp import load_llama
 
-    return Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kwargs)
+    return load_llama(path, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kwargs)
 
 
 def _prompt_ids(tokenizer) -> list[int]:

@@ -259,35 +259,16 @@ def test_mlx_raw_continuation_stops_and_likelihood(smollm2_dir):
 
 
 def _serve(gguf, folder):
-    """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving `gguf` (1 thread): yields its URL."""
-    port = _free_port()
-    # a file, not a pipe: llama.cpp logs more at load than a pipe buffer holds, and would block on it
-    log = open(folder / "server.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
-                             "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1",
-                             "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=2) as reply:
-                json.loads(reply.read())
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not come up in 120 s")
-    yield url
-    proc.terminate()
+    """llama-cpp-python's OpenAI server on a free 127.0.0.1 port, serving `gguf`: yields its URL.
+
+    Started by mlxlab's own `start_server`, so it runs with the llama.cpp self-test's settings."""
+    from mlxlab.serve import start_server
+
+    server = start_server(gguf, port=0, n_ctx=2048)
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield server.url.removesuffix("/v1")
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
