@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxlab.documents import READABLE_SUFFIXES, read_document  # noqa: F401  (re-exported: SDG reads both here)
 from mlxlab.errors import MlxlabError
 
-TEXT_SUFFIXES = (".md", ".markdown", ".txt")
-READABLE_SUFFIXES = (*TEXT_SUFFIXES, ".pdf")     # what read_document reads (PDFs through pypdf)
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -26,60 +25,6 @@ class Chunk:
     source: str
     index: int
     tokens: int
-
-
-def read_document(path: str | Path) -> str:
-    """The text of a .md/.txt document, or of a PDF as Markdown-like text (see `read_pdf`)."""
-    path = Path(path)
-    if path.suffix.lower() == ".pdf":
-        return read_pdf(path)
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise MlxlabError(f"cannot read {path.suffix or 'this'} documents; mlxlab reads .md, .txt and .pdf",
-                          path=path, hint="convert the document to Markdown, or remove it from document.patterns")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise MlxlabError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
-    except OSError as exc:
-        raise MlxlabError(f"cannot read document: {exc.strerror}", path=path) from None
-
-
-def _looks_like_heading(line: str, following: str) -> bool:
-    """A PDF line that is most likely a heading: short, capitalised, unpunctuated, followed by more text."""
-    words = line.split()
-    return (0 < len(words) <= 8 and len(line) <= 70 and line[0].isupper() and line[-1] not in ".,;:!?)\"'"
-            and not any(ch.isdigit() for ch in line[:3]) and len(following.split()) > len(words))
-
-
-def read_pdf(path: str | Path) -> str:
-    """A PDF's text through pypdf, page by page, with lines that look like headings made `## Markdown` headings,
-    so it is chunked like a Markdown document (a chunk carries the heading it sits under)."""
-    path = Path(path)
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-    except ImportError:
-        raise MlxlabError("reading PDF documents needs pypdf", path=path, hint="pip install pypdf") from None
-    try:
-        pages = [page.extract_text() or "" for page in PdfReader(str(path)).pages]
-    except (PdfReadError, OSError, ValueError) as exc:
-        raise MlxlabError(f"cannot read this PDF: {exc}", path=path,
-                          hint="check that it opens in a PDF viewer, or convert it to Markdown") from None
-    out: list[str] = []
-    for page in pages:
-        lines = [line.strip() for line in page.splitlines()]
-        for i, line in enumerate(lines):
-            following = next((n for n in lines[i + 1:] if n), "")
-            if line and _looks_like_heading(line, following):
-                out += ["", f"## {line}", ""]
-            else:
-                out.append(line)
-        out.append("")                         # a page break ends a paragraph
-    text = "\n".join(out).strip()
-    if not text:
-        raise MlxlabError("this PDF has no extractable text (a scan?)", path=path,
-                          hint="run OCR on it, or convert it to Markdown")
-    return text + "\n"
 
 
 def _blocks(text: str) -> list[tuple[tuple[str, ...], str]]:
