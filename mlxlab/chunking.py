@@ -72,6 +72,11 @@ def _split_long(paragraph: str, limit: int, count: Callable[[str], int]) -> list
     return pieces
 
 
+def _header(trail: tuple[str, ...]) -> str:
+    """The heading lines a chunk starts with: its trail, less the empty headings."""
+    return "\n".join(line for line in trail if _heading_text(line))
+
+
 def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: int = 500,
                overlap_tokens: int = 50, source: str = "") -> list[Chunk]:
     """Chunks of ~`chunk_tokens` tokens (by `count_tokens`), overlapping by ~`overlap_tokens` of paragraphs."""
@@ -79,7 +84,7 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: i
         raise MlxlabError(f"chunk_tokens must be at least 16, found {chunk_tokens}")
     blocks = []
     for trail, paragraph in _blocks(text):
-        budget = max(8, chunk_tokens - count_tokens("\n".join(trail)) - 2)
+        budget = max(8, chunk_tokens - count_tokens(_header(trail)) - 2)
         for piece in (_split_long(paragraph, budget, count_tokens) if count_tokens(paragraph) > budget
                       else [paragraph]):
             blocks.append((trail, piece, count_tokens(piece)))
@@ -87,7 +92,7 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: i
     i = 0
     while i < len(blocks):
         trail = blocks[i][0]
-        header = "\n".join(trail)
+        header = _header(trail)
         used = count_tokens(header) if header else 0
         j = i
         while j < len(blocks) and (j == i or used + blocks[j][2] + 1 <= chunk_tokens):
@@ -132,9 +137,11 @@ def _unwrap(paragraph: str) -> str:
 
 
 def _heading_text(line: str) -> str:
-    """A heading line's text as written, without its `#` marks (and closing ones): '' for an empty heading."""
+    """A heading line's text as written, without its `#` marks (and closing ones) and a trailing attribute block
+    (`{#id}`, as Pandoc and kramdown write it): '' for an empty heading."""
     text = re.sub(r"^#+", "", line.strip())
-    return re.sub(r"(?:^|\s)#+$", "", text.rstrip()).strip()   # "# C#" keeps its '#': a closing run follows a space
+    text = re.sub(r"(?:^|\s)#+$", "", text.rstrip())      # "# C#" keeps its '#': a closing run follows a space
+    return re.sub(r"\s*\{[#.][^{}]*\}$", "", text.strip()).strip()
 
 
 _PUNCT = ".,;:!?()[]{}\"'*_`"

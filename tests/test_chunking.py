@@ -73,7 +73,7 @@ def test_passages_cover_every_word_once_in_order(tmp_path, parts, max_words, min
 # --- headings ----------------------------------------------------------------------------------------------------
 
 GUIDE = """\
-# Jolie services
+# Jolie services {#jolie}
 
 ## REST APIs
 
@@ -104,7 +104,7 @@ def test_section_questions_keep_headings_as_written(tmp_path):
     for heading, topic in topics.items():
         question = questions[f"doc.md: {heading}"]
         # an ordinary word starting a sentence-case heading reads in lowercase; acronyms, names, Title Case stay
-        assert topic in question and "Jolie services" in question, question
+        assert topic in question and "Jolie services" in question and "{#" not in question, question
 
 
 def test_empty_headings_are_sections_without_a_title(tmp_path):
@@ -116,4 +116,7 @@ def test_empty_headings_are_sections_without_a_title(tmp_path):
     assert [(p["source"], p["question"]) for p in pairs] == [("doc.md: C#", "Can you describe C#, as in Guide?")]
     assert [p["heading"] for p in passages([doc])] == ["", "C#", "", "Ports"]
     assert "#" not in "".join(p["text"] for p in passages([doc]))
-    assert all(c.text for c in chunk_text(text, lambda t: len(t.split()), chunk_tokens=40, overlap_tokens=0))
+    chunks = chunk_text(text, lambda t: len(t.split()), chunk_tokens=40, overlap_tokens=0)
+    lines = [line for c in chunks for line in c.text.splitlines()]
+    assert chunks and all(line.strip("# ") for line in lines if line.startswith("#"))     # no empty heading line
+    assert chunks[-1].text.startswith("### Ports\n\nSome text")
