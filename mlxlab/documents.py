@@ -97,6 +97,7 @@ _EXPORT = "or export it as Markdown and point document.patterns at that"
 
 @functools.lru_cache(maxsize=64)
 def _pdf_text(path: Path, mtime_ns: int, size: int) -> str:
+    """`read_pdf`'s work; `mtime_ns` and `size` only key the cache, so an edited file is read again."""
     try:
         from pypdf import PdfReader
         from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError

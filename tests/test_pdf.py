@@ -68,6 +68,15 @@ def test_a_pdf_reads_and_chunks_like_markdown(tmp_path):
     assert any("socket://localhost:9000" in c.text for c in chunks)       # the table-like block survives
 
 
+def test_an_edited_pdf_is_read_again(tmp_path):
+    from mlxlab.chunking import read_document
+
+    pdf = write_pdf(tmp_path / "jolie.pdf", PAGES)
+    assert "Execution Modality" in read_document(pdf) and read_document(pdf) == read_document(pdf)   # cached
+    write_pdf(pdf, PAGES[:2])
+    assert "Execution Modality" not in read_document(pdf)
+
+
 def test_a_broken_pdf_is_a_clear_error(tmp_path):
     from mlxlab.chunking import read_document
 
