@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxlab.documents import READABLE_SUFFIXES, read_document  # noqa: F401  (re-exported: SDG reads both here)
 from mlxlab.errors import MlxlabError
 
-TEXT_SUFFIXES = (".md", ".markdown", ".txt")
-READABLE_SUFFIXES = (*TEXT_SUFFIXES, ".pdf")     # what read_document reads (PDFs through pypdf)
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_HEADING = re.compile(r"^(#{1,6})(?:[ \t].*)?$")      # a Markdown heading, possibly empty ("#", "## ##")
 
 
 @dataclass(frozen=True)
@@ -26,60 +25,6 @@ class Chunk:
     source: str
     index: int
     tokens: int
-
-
-def read_document(path: str | Path) -> str:
-    """The text of a .md/.txt document, or of a PDF as Markdown-like text (see `read_pdf`)."""
-    path = Path(path)
-    if path.suffix.lower() == ".pdf":
-        return read_pdf(path)
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise MlxlabError(f"cannot read {path.suffix or 'this'} documents; mlxlab reads .md, .txt and .pdf",
-                          path=path, hint="convert the document to Markdown, or remove it from document.patterns")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise MlxlabError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
-    except OSError as exc:
-        raise MlxlabError(f"cannot read document: {exc.strerror}", path=path) from None
-
-
-def _looks_like_heading(line: str, following: str) -> bool:
-    """A PDF line that is most likely a heading: short, capitalised, unpunctuated, followed by more text."""
-    words = line.split()
-    return (0 < len(words) <= 8 and len(line) <= 70 and line[0].isupper() and line[-1] not in ".,;:!?)\"'"
-            and not any(ch.isdigit() for ch in line[:3]) and len(following.split()) > len(words))
-
-
-def read_pdf(path: str | Path) -> str:
-    """A PDF's text through pypdf, page by page, with lines that look like headings made `## Markdown` headings,
-    so it is chunked like a Markdown document (a chunk carries the heading it sits under)."""
-    path = Path(path)
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-    except ImportError:
-        raise MlxlabError("reading PDF documents needs pypdf", path=path, hint="pip install pypdf") from None
-    try:
-        pages = [page.extract_text() or "" for page in PdfReader(str(path)).pages]
-    except (PdfReadError, OSError, ValueError) as exc:
-        raise MlxlabError(f"cannot read this PDF: {exc}", path=path,
-                          hint="check that it opens in a PDF viewer, or convert it to Markdown") from None
-    out: list[str] = []
-    for page in pages:
-        lines = [line.strip() for line in page.splitlines()]
-        for i, line in enumerate(lines):
-            following = next((n for n in lines[i + 1:] if n), "")
-            if line and _looks_like_heading(line, following):
-                out += ["", f"## {line}", ""]
-            else:
-                out.append(line)
-        out.append("")                         # a page break ends a paragraph
-    text = "\n".join(out).strip()
-    if not text:
-        raise MlxlabError("this PDF has no extractable text (a scan?)", path=path,
-                          hint="run OCR on it, or convert it to Markdown")
-    return text + "\n"
 
 
 def _blocks(text: str) -> list[tuple[tuple[str, ...], str]]:
@@ -127,6 +72,11 @@ def _split_long(paragraph: str, limit: int, count: Callable[[str], int]) -> list
     return pieces
 
 
+def _header(trail: tuple[str, ...]) -> str:
+    """The heading lines a chunk starts with: its trail, less the empty headings."""
+    return "\n".join(line for line in trail if _heading_text(line))
+
+
 def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: int = 500,
                overlap_tokens: int = 50, source: str = "") -> list[Chunk]:
     """Chunks of ~`chunk_tokens` tokens (by `count_tokens`), overlapping by ~`overlap_tokens` of paragraphs."""
@@ -134,7 +84,7 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: i
         raise MlxlabError(f"chunk_tokens must be at least 16, found {chunk_tokens}")
     blocks = []
     for trail, paragraph in _blocks(text):
-        budget = max(8, chunk_tokens - count_tokens("\n".join(trail)) - 2)
+        budget = max(8, chunk_tokens - count_tokens(_header(trail)) - 2)
         for piece in (_split_long(paragraph, budget, count_tokens) if count_tokens(paragraph) > budget
                       else [paragraph]):
             blocks.append((trail, piece, count_tokens(piece)))
@@ -142,7 +92,7 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: i
     i = 0
     while i < len(blocks):
         trail = blocks[i][0]
-        header = "\n".join(trail)
+        header = _header(trail)
         used = count_tokens(header) if header else 0
         j = i
         while j < len(blocks) and (j == i or used + blocks[j][2] + 1 <= chunk_tokens):
@@ -187,12 +137,49 @@ def _unwrap(paragraph: str) -> str:
 
 
 def _heading_text(line: str) -> str:
-    return re.sub(r"^#+\s*|\s*#*\s*$", "", line).strip()
+    """A heading line's text as written, without its `#` marks (and closing ones) and a trailing attribute block
+    (`{#id}`, as Pandoc and kramdown write it): '' for an empty heading."""
+    text = re.sub(r"^#+", "", line.strip())
+    text = re.sub(r"(?:^|\s)#+$", "", text.rstrip())      # "# C#" keeps its '#': a closing run follows a space
+    return re.sub(r"\s*\{[#.][^{}]*\}$", "", text.strip()).strip()
+
+
+_PUNCT = ".,;:!?()[]{}\"'*_`"
+
+
+def _names(paragraphs: list[str]) -> set[str]:
+    """Capitalised words that a document's prose (code left out) writes so mid-sentence and never in lowercase:
+    its names ("Jolie", "Mars"), as opposed to ordinary words that a heading capitalises ("Interfaces")."""
+    text = re.sub(r"```.*?(?:```|$)|`[^`]*`", " ", "\n".join(paragraphs), flags=re.S)
+    capitalised, lower = set(), set()
+    for line in text.splitlines():
+        previous = ""                       # a line starts a sentence (wrapped prose, list items, table rows)
+        for token in line.split():
+            word = token.strip(_PUNCT)
+            if word.isalpha() and word.islower():
+                lower.add(word)
+            elif word.isalpha() and word[0].isupper() and previous and not previous.endswith((".", "!", "?", ":")):
+                capitalised.add(word)
+            previous = token
+    return {w for w in capitalised if w.lower() not in lower}
+
+
+def _in_sentence(topic: str, names: set[str]) -> str:
+    """A heading as it reads inside a question: as written, except that a sentence-case heading's first word is
+    lowercased when it is an ordinary word ("Interfaces" -> "interfaces"); "REST APIs", "Jolie services",
+    "StringUtils" and a Title Case "Input Ports" keep their case."""
+    words = [w.strip(_PUNCT) for w in topic.split()]
+    common = [w.isalpha() and w[0].isupper() and w[1:] == w[1:].lower() and w not in names for w in words]
+    if common and common[0] and not any(common[1:]):
+        return topic[0].lower() + topic[1:]
+    return topic
 
 
 def section_pairs(paths, *, max_words: int = 120) -> list[dict]:
     """One {question, answer, source} per document section: a question made from the section's heading (and the
     document's title), answered with the section's opening paragraphs — whole ones, about `max_words` words.
+    Headings keep their case ("REST APIs", "Jolie"; see `_in_sentence`); a section under an empty heading (or with
+    no titled heading above it) gets no question.
 
     Knowledge that cannot be junk in the shape users ask for it: the answer is the documents' own text, in an
     assistant turn after a question. A small teacher's Q&A about the same text is mostly invented.
@@ -200,7 +187,9 @@ def section_pairs(paths, *, max_words: int = 120) -> list[dict]:
     out = []
     for path in paths:
         sections: dict[tuple[str, ...], list[str]] = {}
-        for trail, paragraph in _blocks(read_document(path)):
+        blocks = _blocks(read_document(path))
+        names = _names([paragraph for _, paragraph in blocks])
+        for trail, paragraph in blocks:
             if len(trail) >= 2:                     # under a section of the document, not its introduction
                 sections.setdefault(trail, []).append(paragraph)
         for trail, paragraphs in sections.items():
@@ -211,43 +200,69 @@ def section_pairs(paths, *, max_words: int = 120) -> list[dict]:
                     break
                 answer.append(paragraph)
                 words += count
-            if words < 20:
+            topic = _heading_text(trail[-1])
+            title = next((t for t in map(_heading_text, trail[:-1]) if t), "")
+            if words < 20 or not topic or not title:
                 continue
-            topic, title = _heading_text(trail[-1]), _heading_text(trail[0])
             ask = _ASK[sum(map(ord, topic)) % len(_ASK)]
-            out.append({"question": ask.format(topic=topic[0].lower() + topic[1:], title=title),
+            out.append({"question": ask.format(topic=_in_sentence(topic, names), title=title),
                         "answer": "\n\n".join(map(_unwrap, answer)), "source": f"{Path(path).name}: {topic}"})
     return out
 
 
+def _sections(blocks: list[tuple[tuple[str, ...], str]]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Runs of consecutive paragraphs under the same heading trail."""
+    runs: list[tuple[tuple[str, ...], list[str]]] = []
+    for trail, paragraph in blocks:
+        if runs and runs[-1][0] == trail:
+            runs[-1][1].append(paragraph)
+        else:
+            runs.append((trail, [paragraph]))
+    return runs
+
+
+def _group(paragraphs: list[str], max_words: int, min_words: int) -> list[list[str]]:
+    """One section's paragraphs, in order, as groups of about `max_words` words; every paragraph in one group."""
+    groups: list[list[str]] = []
+    sizes: list[int] = []
+    for paragraph in paragraphs:
+        count = len(paragraph.split())
+        # a paragraph that ends in ':' introduces the next one (a list, a code block): they stay together
+        if groups and (sizes[-1] + count <= max_words or groups[-1][-1].rstrip().endswith(":")):
+            groups[-1].append(paragraph)
+            sizes[-1] += count
+        else:
+            groups.append([paragraph])
+            sizes.append(count)
+    merged: list[list[str]] = []
+    merged_sizes: list[int] = []
+    for group, size in zip(groups, sizes):
+        # a short group (a closing sentence, a caption) joins its neighbour: too little to ask about alone
+        if merged and (size < min_words or merged_sizes[-1] < min_words):
+            merged[-1] += group
+            merged_sizes[-1] += size
+        else:
+            merged.append(group)
+            merged_sizes.append(size)
+    return merged
+
+
 def passages(paths, *, max_words: int = 120, min_words: int = 20) -> list[dict]:
     """Every document's text as passages of whole paragraphs under one heading, about `max_words` words each:
-    [{"text", "heading", "source"}], in document order. A paragraph longer than `max_words` is a passage alone;
-    a passage under `min_words` (a lone caption or link) is left out.
+    [{"text", "heading", "source"}], in document order; every paragraph is in exactly one passage. A paragraph
+    longer than `max_words` is a passage alone, one that ends in ':' stays with the next (the list or code it
+    introduces), and a passage under `min_words` joins its neighbour under the same heading (so a passage can
+    reach `max_words + min_words`); a section with only short text is a short passage.
 
     These are the answers of back-translated knowledge Q&A (the teacher writes only the question), so every
     part of the documents, not just each section's opening, can be asked about and answered faithfully.
     """
     out = []
     for path in paths:
-        current: list[str] = []
-        words, trail = 0, ()
-
-        def flush():
-            if words >= min_words:
-                heading = _heading_text(trail[-1]) if trail else ""
-                out.append({"text": "\n\n".join(map(_unwrap, current)), "heading": heading,
-                            "source": f"{Path(path).name}: {heading}" if heading else Path(path).name})
-
-        for block_trail, paragraph in _blocks(read_document(path)):
-            count = len(paragraph.split())
-            # a paragraph that ends in ':' introduces the next one (a list, a code block): they stay together
-            lead_in = bool(current) and current[-1].rstrip().endswith(":")
-            if current and (block_trail != trail or (words + count > max_words and not lead_in)):
-                flush()
-                current, words = [], 0
-            current.append(paragraph)
-            words += count
-            trail = block_trail
-        flush()
+        name = Path(path).name
+        for trail, paragraphs in _sections(_blocks(read_document(path))):
+            heading = _heading_text(trail[-1]) if trail else ""
+            for group in _group(paragraphs, max_words, min_words):
+                out.append({"text": "\n\n".join(map(_unwrap, group)), "heading": heading,
+                            "source": f"{name}: {heading}" if heading else name})
     return out

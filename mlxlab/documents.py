@@ -3,11 +3,15 @@
 `repo` is a git URL (cloned once into the cache), a local git repository (exported at `commit`),
 or a local folder (read from its working tree; at `commit` when it lies in a git work tree where
 `commit` exists). Problems come back as `Note`s so the caller can point at the right YAML node.
+
+Every matched file is also read here (`read_document`; a PDF through pypdf), so a document SDG could
+not read (encrypted, damaged, not UTF-8) is a validation error on its leaf, before any model loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import os
@@ -20,9 +24,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mlxlab.errors import MlxlabError
 from mlxlab.files import cache_dir, replace_dir
 
-DOCUMENT_SUFFIXES = (".md", ".txt", ".pdf")
+DOCUMENT_SUFFIXES = (".md", ".txt", ".pdf")      # what document.patterns match
+TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+READABLE_SUFFIXES = (*TEXT_SUFFIXES, ".pdf")     # what read_document reads (PDFs through pypdf)
 GIT_TIMEOUT_S = 600
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
 _SHA = re.compile(r"[0-9a-fA-F]{7,40}")
@@ -42,6 +49,92 @@ class Documents:
     root: Path | None          # the folder the patterns were matched in
     files: tuple[Path, ...]    # matched .md/.txt/.pdf files, sorted
     notes: tuple[Note, ...]
+
+
+# --- reading one document ----------------------------------------------------------------------------
+
+def read_document(path: str | Path) -> str:
+    """The text of a .md/.txt document, or of a PDF as Markdown-like text (see `read_pdf`)."""
+    path = Path(path)
+    if path.suffix.lower() == ".pdf":
+        return read_pdf(path)
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        raise MlxlabError(f"cannot read {path.suffix or 'this'} documents; mlxlab reads .md, .txt and .pdf",
+                          path=path, hint="convert the document to Markdown, or remove it from document.patterns")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MlxlabError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path,
+                          hint="save the document as UTF-8") from None
+    except OSError as exc:
+        raise MlxlabError(f"cannot read document: {exc.strerror}", path=path) from None
+
+
+def _looks_like_heading(line: str, following: str) -> bool:
+    """A PDF line that is most likely a heading: short, capitalised, unpunctuated, followed by more text."""
+    words = line.split()
+    return (0 < len(words) <= 8 and len(line) <= 70 and line[0].isupper() and line[-1] not in ".,;:!?)\"'"
+            and not any(ch.isdigit() for ch in line[:3]) and len(following.split()) > len(words))
+
+
+def read_pdf(path: str | Path) -> str:
+    """A PDF's text through pypdf, page by page, with lines that look like headings made `## Markdown` headings,
+    so it is chunked like a Markdown document (a chunk carries the heading it sits under).
+
+    Any failure to read it is an MlxlabError naming the file and what to do. The text is cached per file
+    version (path, mtime, size): validation, then SDG, read each PDF several times in one run.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise MlxlabError(f"cannot read document: {exc.strerror}", path=path) from None
+    return _pdf_text(path, stat.st_mtime_ns, stat.st_size)
+
+
+_EXPORT = "or export it as Markdown and point document.patterns at that"
+
+
+@functools.lru_cache(maxsize=64)
+def _pdf_text(path: Path, mtime_ns: int, size: int) -> str:
+    """`read_pdf`'s work; `mtime_ns` and `size` only key the cache, so an edited file is read again."""
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
+    except ImportError:
+        raise MlxlabError("reading PDF documents needs pypdf", path=path, hint="pip install pypdf") from None
+    try:
+        pages = [page.extract_text() or "" for page in PdfReader(str(path)).pages]
+    except DependencyError as exc:          # AES encryption, without the package that decrypts it
+        raise MlxlabError(f"pypdf needs another package to read this PDF ({exc})", path=path,
+                          hint="pip install cryptography (pypdf uses it for AES-encrypted PDFs); or decrypt the PDF "
+                               f"(qpdf --decrypt in.pdf out.pdf), {_EXPORT}") from None
+    except FileNotDecryptedError:
+        raise MlxlabError("this PDF is encrypted with a password", path=path,
+                          hint="decrypt it (qpdf --password=PASSWORD --decrypt in.pdf out.pdf), " + _EXPORT) from None
+    except LimitReachedError as exc:
+        raise MlxlabError(f"this PDF goes past pypdf's safety limits ({exc})", path=path,
+                          hint="it is damaged or oversized; check that it opens in a PDF viewer, " + _EXPORT) from None
+    except OSError as exc:
+        raise MlxlabError(f"cannot read document: {exc.strerror or exc}", path=path) from None
+    except Exception as exc:  # noqa: BLE001  a damaged file makes pypdf raise its own errors and KeyError, TypeError...
+        raise MlxlabError(f"cannot read this PDF ({type(exc).__name__}: {exc})", path=path,
+                          hint="check that it opens in a PDF viewer, " + _EXPORT) from None
+    out: list[str] = []
+    for page in pages:
+        lines = [line.strip() for line in page.splitlines()]
+        for i, line in enumerate(lines):
+            following = next((n for n in lines[i + 1:] if n), "")
+            if line and _looks_like_heading(line, following):
+                out += ["", f"## {line}", ""]
+            else:
+                out.append(line)
+        out.append("")                         # a page break ends a paragraph
+    text = "\n".join(out).strip()
+    if not text:
+        raise MlxlabError("this PDF has no extractable text (a scan?)", path=path,
+                          hint="run OCR on it, " + _EXPORT)
+    return text + "\n"
 
 
 def run_git(cwd: str | Path | None, *args: str, check: bool = True) -> str:
@@ -136,9 +229,10 @@ def _from_folder(folder: Path, commit: str, shown: str) -> tuple[Path | None, li
     return folder, [Note(("commit",), "warning", f"commit {commit} not found in {shown}; using the working tree")]
 
 
-def _match(root: Path, patterns: list[str]) -> tuple[list[Path], list[Note]]:
-    """Glob each pattern inside `root`; keep .md/.txt/.pdf files that stay inside it."""
-    files: set[Path] = set()
+def _match(root: Path, patterns: list[str]) -> tuple[dict[Path, int], list[Note]]:
+    """Glob each pattern inside `root`; keep .md/.txt/.pdf files that stay inside it, each with the index of the
+    first pattern that matched it."""
+    files: dict[Path, int] = {}
     notes: list[Note] = []
     real_root = root.resolve()
     for i, pattern in enumerate(patterns):
@@ -163,13 +257,15 @@ def _match(root: Path, patterns: list[str]) -> tuple[list[Path], list[Note]]:
                               "such files are ignored"))
         if not found:
             notes.append(Note(("patterns", i), "warning", f"pattern '{pattern}' matches no .md/.txt/.pdf file"))
-        files.update(found)
-    return sorted(files), notes
+        for path in found:
+            files.setdefault(path, i)
+    return dict(sorted(files.items())), notes
 
 
 def resolve_documents(repo: str, commit: str, patterns: list[str], *, base_dir: Path,
                       memo: dict | None = None) -> Documents:
-    """Resolve a knowledge leaf's documents; `base_dir` anchors a relative local `repo` (the qna.yaml folder)."""
+    """Resolve a knowledge leaf's documents and read each one; `base_dir` anchors a relative local `repo` (the
+    qna.yaml folder)."""
     if commit.startswith("-"):  # would read as a git option
         return Documents(None, (), (Note(("commit",), "error", f"commit '{commit}' is not a git revision"),))
     folder = None
@@ -190,8 +286,20 @@ def resolve_documents(repo: str, commit: str, patterns: list[str], *, base_dir: 
     if root is None:
         return Documents(None, (), tuple(notes))
     files, match_notes = _match(root, patterns)
-    notes = [*notes, *match_notes]
+    notes = [*notes, *match_notes, *_unreadable(files)]
     if not files and patterns:
         notes.append(Note(("patterns",), "error",
                           f"document.patterns match no .md/.txt/.pdf file in {repo} at {commit}"))
     return Documents(root, tuple(files), tuple(notes))
+
+
+def _unreadable(files: dict[Path, int]) -> list[Note]:
+    """An error on the matching pattern for each document that `read_document` cannot read."""
+    notes = []
+    for path, pattern in files.items():
+        try:
+            read_document(path)
+        except MlxlabError as exc:
+            hint = f"; {exc.hint}" if exc.hint else ""
+            notes.append(Note(("patterns", pattern), "error", f"cannot read document {path}: {exc.message}{hint}"))
+    return notes

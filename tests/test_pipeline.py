@@ -240,7 +240,8 @@ def test_run_on_knowledge_alone_trains_phase_1_and_says_phase_2_was_skipped(tiny
     result = run("k", runs_dir=tmp_path / "runs", taxonomy=tax, model=tiny_llama, quiet=True,
                  config_file=tmp_path / "mlxlab.yaml", stages=["validate", "generate", "train"])
     report = json.loads((tmp_path / "runs" / "k" / "data" / "report.json").read_text())
-    assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 1}
+    # one question per passage of mars.md: the introduction, Surface and Atmosphere
+    assert report["leaves"][0]["stages"][0] == {**report["leaves"][0]["stages"][0], "stage": "questions", "sent": 3}
     figures = result.stages["train"]["figures"]
     assert len(figures["phases"]) == 1 and figures["phase_2"].startswith("skipped")
     adapters = tmp_path / "runs" / "k" / "adapters"

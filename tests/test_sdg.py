@@ -194,13 +194,14 @@ def test_passages_cover_whole_documents_in_whole_paragraphs(tmp_path):
                    "- Deimos\n\n" + "\n\n".join(f"Paragraph {i} about the moons of Mars has exactly twelve words "
                                                  "in it." for i in range(8)) + "\n")
     found = passages([doc], max_words=40)
-    assert [p["heading"] for p in found] == ["Surface"] + ["Moons"] * 4     # the short ones left out
-    assert found[0]["text"].startswith("The surface of Mars is red because of iron oxide dust. Olympus Mons")
-    assert found[0]["source"] == "mars.md: Surface"
+    # short sections (the 15-word introduction, the 11-word Atmosphere) are passages too: nothing is left out
+    assert [p["heading"] for p in found] == ["Mars", "Surface", "Atmosphere"] + ["Moons"] * 4
+    assert found[1]["text"].startswith("The surface of Mars is red because of iron oxide dust. Olympus Mons")
+    assert found[1]["source"] == "mars.md: Surface"
     # a paragraph ending in ':' stays with what it introduces, even past max_words; lists keep their lines
-    assert found[1]["text"].endswith("each one is listed here:\n\n- Phobos, the larger one, orbits very close "
+    assert found[3]["text"].endswith("each one is listed here:\n\n- Phobos, the larger one, orbits very close "
                                      "to the planet\n- Deimos")
-    assert all(len(p["text"].split()) <= 40 for p in found[2:])
+    assert all(len(p["text"].split()) <= 40 for p in found[4:])
     assert sum(p["text"].count("Paragraph ") for p in found) == 8             # every paragraph, once
 
 
@@ -350,8 +351,8 @@ def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
     assert {leaf["kind"] for leaf in report["leaves"]} == {"freeform_skill", "knowledge"}
     assert report["methods"]["prompt_style"] == "fewshot" and report["methods"]["scorer"] == "likelihood"
     for leaf in report["leaves"]:
-        # one attempt per training seed (3 of the skill's 5) or per document passage (the knowledge leaf's one)
-        assert leaf["stages"][0]["sent"] == (3 if leaf["kind"] == "freeform_skill" else 1) and leaf["tokens"] > 0
+        # one attempt per training seed (3 of the skill's 5) or per document passage (the knowledge leaf's 3)
+        assert leaf["stages"][0]["sent"] == 3 and leaf["tokens"] > 0
         assert [s["stage"] for s in leaf["stages"]] == ["fewshot" if leaf["kind"] == "freeform_skill" else
                                                         "questions", "gates", "likelihood"]
         for before, after in zip(leaf["stages"], leaf["stages"][1:]):
@@ -535,7 +536,8 @@ class FewshotTeacher:
             self.prompts.append(text)
             self.stops.append(tuple(stop))
             if text.rstrip().endswith("Q:") and "\nText:" in text:            # knowledge: ask about the passage
-                reply = (" What is the largest volcano on Mars?", "stop")
+                heading = text.rsplit("\nText: ", 1)[1].splitlines()[0].lstrip("# ")
+                reply = (" " + KNOWLEDGE_QUESTIONS[heading], "stop")
             else:
                 reply = FEWSHOT_OUTPUTS[self.count % len(FEWSHOT_OUTPUTS)]
                 self.count += 1
@@ -555,8 +557,14 @@ class FewshotTeacher:
         return out
 
 
+# the scripted teacher's question about each passage of MARS, by the passage's heading
+KNOWLEDGE_QUESTIONS = {"Mars": "Which planet is fourth from the Sun?", "Atmosphere": "What is the air of Mars made of?",
+                       "Surface": "What is the largest volcano on Mars?"}
+
+
 def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
     from mlxlab import sdg
+    from mlxlab.chunking import passages
 
     teacher = FewshotTeacher()
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
@@ -589,15 +597,17 @@ def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
     asked = [p for p in teacher.prompts if p.endswith("Q:") and "\nText: ## Surface\n" in p]
     assert asked and asked[0].startswith("Notes on the planet Mars.") and "\nQ: Question " in asked[0]
     assert teacher.stops[teacher.prompts.index(asked[0])] == ("\n",)
-    assert knowledge["stages"][0]["sent"] == 3            # the one passage of 20+ words, 3 questions asked of it
+    assert knowledge["stages"][0]["sent"] == 3 * 3        # every passage (introduction, Surface, Atmosphere) x 3
     phase1 = [json.loads(x) for x in result.knowledge_phase1.read_text().splitlines()]
     backtranslated = [x for x in phase1 if x["metadata"]["source"] == "generated"]
-    assert len(backtranslated) == knowledge["kept"] == 1          # the same question three times: deduplicated
-    assert backtranslated[0]["messages"] == [
+    assert len(backtranslated) == knowledge["kept"] == 3          # each question three times: deduplicated
+    assert backtranslated[1]["messages"] == [
         {"role": "user", "content": "What is the largest volcano on Mars?"},
         {"role": "assistant", "content": "The surface of Mars is red because of iron oxide dust. Olympus Mons, the "
                                          "largest volcano in the solar system, stands on Mars."}]
-    assert backtranslated[0]["metadata"]["answer_from"] == "document"
+    mars = passages([tmp_path / "taxonomy-docs/mars.md"])             # the short introduction and Atmosphere too
+    assert [x["messages"][1]["content"] for x in backtranslated] == [p["text"] for p in mars]
+    assert all(x["metadata"]["answer_from"] == "document" for x in backtranslated)
 
 
 def test_self_replay_keeps_whole_sentences(tmp_path):
