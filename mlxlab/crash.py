@@ -26,6 +26,7 @@ ENV_FAULT = "MLXLAB_FAULT_FILE"      # where the child's faulthandler writes the
 ENV_STAGE = "MLXLAB_STAGE_FILE"      # where the child notes the stage it is in
 _FATAL = {"SIGSEGV": "segmentation fault", "SIGABRT": "aborted", "SIGILL": "illegal instruction",
           "SIGBUS": "bus error", "SIGFPE": "arithmetic error", "SIGKILL": "killed"}
+DOUBLE_INTERRUPT_S = 0.5
 _fault_handle = None
 
 
@@ -47,6 +48,18 @@ def start_child() -> None:
         with contextlib.suppress(OSError):
             _fault_handle = open(path, "w", encoding="utf-8")       # noqa: SIM115 (open for the process's life)
             faulthandler.enable(file=_fault_handle, all_threads=True)
+    last = [float("-inf")]
+
+    def interrupt(signum, frame) -> None:
+        # one Ctrl-C arrives twice (from the terminal and passed on by the supervisor): a second one within
+        # DOUBLE_INTERRUPT_S must not break the clean-up that the first one started
+        now = time.monotonic()
+        if now - last[0] >= DOUBLE_INTERRUPT_S:
+            last[0] = now
+            raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
     parent = int(os.environ.get(ENV_CHILD, "0") or 0)
     if sys.platform.startswith("linux"):
         import ctypes
@@ -124,8 +137,9 @@ def supervise(argv: list[str], verb: str) -> int:
         env = {**os.environ, ENV_CHILD: str(os.getpid()), ENV_FAULT: str(fault), ENV_STAGE: str(stage_file)}
         child = subprocess.Popen([sys.executable, "-m", "mlxlab", *argv], env=env)
         forward = lambda signum, frame: child.send_signal(signum)         # noqa: E731
-        # Ctrl-C reaches the child itself (same process group): it stops cleanly, the supervisor waits for it
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        # every stop signal is passed on; a Ctrl-C at a terminal reaches the child twice (its process group, and
+        # this), which the child takes as one (`start_child`)
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, forward),
                     signal.SIGTERM: signal.signal(signal.SIGTERM, forward)}
         if hasattr(signal, "SIGHUP"):
             previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, forward)
