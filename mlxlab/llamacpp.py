@@ -174,10 +174,10 @@ def apply_settings(settings: dict) -> None:
     llama_cpp.llama_model_default_params = defaults
 
 
-def child_prelude(verdict: Verdict | None = None) -> str:
+def child_prelude(found: Verdict | None = None) -> str:
     """Python source that a child process runs before it makes a llama.cpp model: the verdict's settings."""
-    verdict = verdict or require()
-    return f"import mlxlab.llamacpp as _ml; _ml.apply_settings({verdict.settings!r})\n"
+    found = found or require()
+    return f"import mlxlab.llamacpp as _ml; _ml.apply_settings({found.settings!r})\n"
 
 
 def require(purpose: str = "llama.cpp", *, instead: str = "use MLX (--teacher-backend mlx)") -> Verdict:
