@@ -271,15 +271,23 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     cfg = plan.configs["generate"]
     teacher = make_sdg_teacher(cfg)
     outputs = {}
-    if plan.run.replay and world().main:      # the replay is mixed in by rank 0, which writes the datasets
-        replay = plan.data / "replay.jsonl"
-        if not (resume and replay.is_file()):
-            same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
-            student = teacher if same else Teacher(plan.model, backend="mlx")
-            replay = self_replay(student, plan.data, seed=cfg.seed)
-        cfg = dataclasses.replace(cfg, replay=str(replay), replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
-        outputs.update(replay=replay)
-    result = generate_data(config=cfg, teacher=teacher)
+    try:
+        if plan.run.replay and world().main:      # the replay is mixed in by rank 0, which writes the datasets
+            replay = plan.data / "replay.jsonl"
+            if not (resume and replay.is_file()):
+                same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
+                student = teacher if same else Teacher(plan.model, backend="mlx")
+                try:
+                    replay = self_replay(student, plan.data, seed=cfg.seed)
+                finally:
+                    if student is not teacher:
+                        student.close()
+            cfg = dataclasses.replace(cfg, replay=str(replay),
+                                      replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
+            outputs.update(replay=replay)
+        result = generate_data(config=cfg, teacher=teacher)
+    finally:
+        teacher.close()                     # its model and (llama.cpp) KV cells are not needed by train and later
     outputs.update(train=result.train, valid=result.valid, test=result.test, report=result.report)
     if result.knowledge_phase1:
         outputs.update(phase1=result.knowledge_phase1)

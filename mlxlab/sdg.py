@@ -389,7 +389,7 @@ def _generate(cfg: GenerateConfig, instance) -> DataResult:
     import dataclasses
 
     from mlxlab.config import save_resolved
-    from mlxlab.distributed import from_main, gather_json, world
+    from mlxlab.distributed import gather_json, world
 
     w = world()
     tax = _load_taxonomy(cfg.taxonomy)
@@ -407,6 +407,19 @@ def _generate(cfg: GenerateConfig, instance) -> DataResult:
         save_resolved(out / "config.yaml", cfg)
     start = time.perf_counter()
     teacher = instance or make_sdg_teacher(cfg)
+    try:
+        return _generate_with(teacher, cfg, tax, out, start, w)
+    finally:
+        if teacher is not instance:     # ours: free its model now (a llama.cpp teacher's KV cells are ~0.5 GB)
+            teacher.close()
+
+
+def _generate_with(teacher, cfg: GenerateConfig, tax, out: Path, start: float, w) -> DataResult:
+    """`_generate` once the teacher is loaded: every leaf, the datasets and the report."""
+    import dataclasses
+
+    from mlxlab.distributed import from_main, gather_json
+
     if w.size > 1 and len(set(gather_json(teacher.batch_size, "comparing the batch sizes", w))) > 1:
         raise MlxlabError("the ranks' teachers decode different batch sizes, which would change the text",
                           hint="pass the same --batch-size to every rank")
