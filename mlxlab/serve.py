@@ -174,19 +174,19 @@ def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                                    start_new_session=True, env=env)
     local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     server = Server(process, f"http://{local}:{port}/v1", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = server.log_tail()
-            server.stop()
-            raise MlxlabError(f"the server exited with code {process.returncode} before answering:\n{tail}",
-                              path=model if str(model).endswith(".gguf") else None)
-        if _get(f"{server.url}/models", api_key) == 200:
-            return server
-        time.sleep(0.25)
-    tail = server.log_tail()
-    server.stop()
-    raise MlxlabError(f"the server did not answer within {timeout:.0f} s:\n{tail}")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise MlxlabError(f"the server exited with code {process.returncode} before answering:\n"
+                                  f"{server.log_tail()}", path=model if str(model).endswith(".gguf") else None)
+            if _get(f"{server.url}/models", api_key) == 200:
+                return server
+            time.sleep(0.25)
+        raise MlxlabError(f"the server did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+    except BaseException:       # Ctrl-C and errors too: nobody else holds the server yet to stop it
+        server.stop()
+        raise
 
 
 @contextlib.contextmanager

@@ -184,3 +184,33 @@ def test_server_settings_in_our_environment_do_not_reach_the_server(tiny_gguf, t
     assert env["API_KEY"] == "sesame" and env["MLXLAB_TEST_KEEP"] == "kept"
     assert not {"CONFIG_FILE", "disable_ping_events"} & set(env)
 
+
+def test_ctrl_c_while_the_server_starts_stops_it(tiny_gguf, monkeypatch):
+    import os
+    import signal
+    import subprocess
+
+    import mlxlab.serve
+    from mlxlab.serve import start_server
+
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupted(*args, **kwargs):
+        assert started[0].poll() is None                           # the server is starting
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    monkeypatch.setattr(mlxlab.serve, "_get", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_server(tiny_gguf, port=0)
+        assert len(started) == 1 and started[0].poll() is not None, "the server outlived the Ctrl-C"
+    finally:
+        if started and started[0].poll() is None:
+            os.killpg(started[0].pid, signal.SIGKILL)
+            started[0].wait()
