@@ -151,22 +151,47 @@ def test_batch_that_does_not_split_is_a_clear_error_on_every_rank(tiny_llama, od
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
-def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
-    """Started by hand (no launcher to stop the rest): the survivor's collective fails with a clear MlxlabError."""
+def _ranks_by_hand(script: str, tmp_path: Path) -> list[subprocess.Popen]:
+    """2 ranks of `script` joined over the ring backend on 127.0.0.1, started without a launcher."""
     port = free_port()
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLX_HOSTFILE": str(hostfile)}
+    return [subprocess.Popen([sys.executable, "-c", script], env={**env, "MLX_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+
+
+def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
+    """Started by hand (no launcher to stop the rest): the survivor's collective fails with a clear MlxlabError."""
     script = ("import os, sys\nfrom mlxlab import distributed as dist\nfrom mlxlab.errors import MlxlabError\n"
               "w = dist.world()\nif w.rank == 1:\n    os._exit(3)\n"
               "try:\n    dist.gather_json({'x': 1}, 'gathering the results')\n"
               "except MlxlabError as exc:\n    print('CLEAR:', exc)\n")
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLX_HOSTFILE": str(hostfile)}
-    procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MLX_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = _ranks_by_hand(script, tmp_path)
     out = procs[0].communicate(timeout=60)[0]
     procs[1].wait(timeout=60)
     assert "CLEAR: rank 0 of 2 (ring): lost the connection to another rank while gathering the results" in out, out
     assert "another rank stopped" in out
+
+
+def test_any_error_of_rank_0_in_from_main_reaches_the_other_ranks(tmp_path):
+    """Not only an MlxlabError: rank 0 raises its own exception, rank 1 a clear MlxlabError, and they stay in step."""
+    script = ("from mlxlab import distributed as dist\nfrom mlxlab.errors import MlxlabError\n"
+              "def plan():\n    raise ValueError('boom')\n"
+              "try:\n    dist.from_main(plan, 'planning')\n"
+              "except MlxlabError as exc:\n    print('CLEAR:', exc)\n"
+              "except ValueError as exc:\n    print('OWN:', repr(exc))\n"
+              "print('NEXT:', dist.gather_json(dist.world().rank, 'gathering'))\n")
+    procs = _ranks_by_hand(script, tmp_path)
+    try:
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert "OWN: ValueError('boom')" in outs[0] and "NEXT: [0, 1]" in outs[0], outs
+    assert "CLEAR: rank 0 stopped while planning: ValueError: boom" in outs[1] and "rank 0's output" in outs[1]
+    assert "NEXT: [0, 1]" in outs[1], outs
 
 
 # ---------------------------------------------------------------------------------------------- sharded SDG
