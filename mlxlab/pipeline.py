@@ -266,8 +266,8 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.sdg import generate_data, make_sdg_teacher
     from mlxlab.teacher import Teacher
 
-    if not resume and plan.data.exists() and plan.forced:
-        shutil.rmtree(plan.data)           # a redo asked for: journals would otherwise replay the old data
+    if not resume and plan.forced:          # a redo asked for: journals would otherwise replay the old data
+        _clear_data(plan.data)
     cfg = plan.configs["generate"]
     teacher = make_sdg_teacher(cfg)
     outputs = {}
@@ -294,6 +294,27 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     figures = {"samples": result.samples, "kept": result.kept, "generated_tokens": result.generated_tokens,
                "tokens_per_second": result.tokens_per_second}
     return outputs, figures
+
+
+def _clear_data(data: Path) -> None:
+    """Empty the data folder for a redo, the ranks in step.
+
+    Rank 0, which writes the data, removes the folder while the others wait: ranks on one machine share it, two
+    removals at once collide, and a late one would delete rank 0's new files. Then every other rank drops its own
+    journals, which are on its own disk when it runs on another machine.
+    """
+    from mlxlab.distributed import from_main, world
+    from mlxlab.sdg_units import rank_journals
+
+    def remove() -> None:
+        if data.exists():
+            shutil.rmtree(data)
+
+    w = world()
+    from_main(remove, "clearing the data folder for the redo", w)
+    if not w.main:
+        for journal in rank_journals(data, w.rank):
+            journal.unlink(missing_ok=True)
 
 
 def plan_phases(data: Path, enabled: bool = True) -> list[dict] | None:

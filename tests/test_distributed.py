@@ -194,6 +194,31 @@ def test_any_error_of_rank_0_in_from_main_reaches_the_other_ranks(tmp_path):
     assert "NEXT: [0, 1]" in outs[1], outs
 
 
+def test_a_forced_generate_redo_clears_rank_0s_data_and_only_the_other_ranks_journals(tmp_path):
+    """`mlxlab run --from generate` on 2 ranks. Each rank has its own runs folder here, as on two machines: rank 0
+    removes its data folder; rank 1 drops only its own journals (rank 0 alone writes the rest) and waits for rank 0,
+    since ranks on one machine share a folder. The teacher is no model, so the stage stops right after."""
+    from tests.test_sdg import make_taxonomy
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model")
+    config = tmp_path / "mlxlab.yaml"
+    config.write_text("generate:\n  teacher_backend: llama-cpp\n")
+    for rank in (0, 1):
+        journals = tmp_path / f"runs-{rank}" / "r" / "data" / ".journal"
+        journals.mkdir(parents=True)
+        (journals / f"leaf{'.rank1' if rank else ''}.jsonl").write_text('{"journal": 1}\n')
+        (journals.parent / "train.jsonl").write_text("old data\n")
+    text = run_launch(["--config", str(config), "run", "r", "--runs-dir", str(tmp_path / "runs-{rank}"),
+                       "--taxonomy", str(tax), "--teacher", str(junk), "--stages", "generate", "--from", "generate",
+                       "--quiet"], timeout=120)
+    assert "not a readable GGUF file" in text and "Traceback" not in text, text
+    assert not (tmp_path / "runs-0" / "r" / "data").exists()
+    rank1 = tmp_path / "runs-1" / "r" / "data"
+    assert (rank1 / "train.jsonl").is_file() and not (rank1 / ".journal" / "leaf.rank1.jsonl").exists(), text
+
+
 # ---------------------------------------------------------------------------------------------- sharded SDG
 
 def _sdg_final(out: Path) -> dict:
