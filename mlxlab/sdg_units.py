@@ -67,7 +67,6 @@ def _loads(line: str) -> dict | None:
 
 
 
-
 def journal_path(out: Path, leaf: str, rank: int = 0) -> Path:
     """Rank `rank`'s journal of `leaf` under the output folder `out` (rank 0's also holds what the others sent)."""
     return out / ".journal" / f"{leaf_key(leaf)}{f'.rank{rank}' if rank else ''}.jsonl"
