@@ -5,7 +5,7 @@ Thunderbolt 5 RDMA, MPI, NCCL on CUDA) every process calls the same functions; t
 group (`world`) and the few collective helpers the stages need:
 
 - `from_main(fn)`: rank 0 runs `fn` (reads files, checks a checkpoint) and every rank gets its JSON result, or
-  the same MlxlabError: no shared filesystem is assumed, and an error on rank 0 reaches every rank.
+  an MlxlabError: no shared filesystem is assumed, and any error on rank 0 reaches every rank.
 - `broadcast_arrays`: rank 0's arrays (adapters, optimizer state) to every rank.
 - `gather_json`: every rank's JSON-able result, in rank order, on every rank.
 - `guard`: a lost peer (a rank that crashed or was killed) becomes a clear MlxlabError, not a hang or a
@@ -136,7 +136,11 @@ def _broadcast_bytes(data: bytes | None, w: World) -> bytes:
 
 
 def from_main(fn: Callable[[], Any], what: str, w: World | None = None) -> Any:
-    """`fn()` on rank 0 only; its JSON-able result on every rank, or its MlxlabError raised on every rank."""
+    """`fn()` on rank 0 only; its JSON-able result on every rank.
+
+    When `fn` raises, rank 0 re-raises its own exception and every other rank raises an MlxlabError that says
+    so (the same message, file and hint for an MlxlabError): no rank is left waiting for an answer.
+    """
     w = w or world()
     if w.size == 1:
         return fn()
@@ -144,9 +148,13 @@ def from_main(fn: Callable[[], Any], what: str, w: World | None = None) -> Any:
     if w.main:
         try:
             reply = {"value": fn()}
-        except MlxlabError as exc:
-            reply = {"error": exc.message, "path": str(exc.path) if exc.path else None, "line": exc.line,
-                     "hint": exc.hint}
+        except BaseException as exc:       # any failure, Ctrl-C included: the others wait in the broadcast below
+            if isinstance(exc, MlxlabError):
+                reply = {"error": exc.message, "path": str(exc.path) if exc.path else None, "line": exc.line,
+                         "column": exc.column, "hint": exc.hint}
+            else:
+                reply = {"error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                         "hint": "an error that rank 0 did not expect: its traceback is in rank 0's output"}
             with guard(what, w):
                 _broadcast_bytes(json.dumps(reply).encode(), w)
             raise
@@ -154,7 +162,7 @@ def from_main(fn: Callable[[], Any], what: str, w: World | None = None) -> Any:
         reply = json.loads(_broadcast_bytes(json.dumps(reply, default=str).encode() if w.main else None, w))
     if "error" in reply:
         raise MlxlabError(f"rank 0 stopped while {what}: {reply['error']}", path=reply.get("path"),
-                          line=reply.get("line"), hint=reply.get("hint"))
+                          line=reply.get("line"), column=reply.get("column"), hint=reply.get("hint"))
     return reply["value"]
 
 

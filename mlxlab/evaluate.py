@@ -173,11 +173,20 @@ def _split(spec) -> tuple[object, Path | None]:
 
 
 def _answerer(spec, previous: Teacher | None, cfg: EvalConfig) -> Teacher:
-    """The teacher that answers for `spec`, reusing `previous` when only its adapters change."""
+    """The teacher that answers for `spec`. `previous` is one that an earlier call made (never the caller's): it is
+    reused when only its adapters change, else closed first, so one answering model is in memory at a time."""
+    base, adapters = (None, None) if isinstance(spec, Teacher) else _split(spec)
+    text = str(base) if base is not None else ""
+    local = not isinstance(spec, Teacher) and not text.startswith(("http://", "https://")) \
+        and not text.lower().endswith(".gguf")
+    if local and isinstance(previous, _ModelTeacher) and previous.accepts(base, adapters):
+        if adapters is not None:
+            previous.use_adapters(adapters)
+        return previous
+    if previous is not None:
+        previous.close()
     if isinstance(spec, Teacher):
         return spec
-    base, adapters = _split(spec)
-    text = str(base) if base is not None else ""
     if text.startswith(("http://", "https://")):
         return make_teacher("default", url=text, concurrency=cfg.concurrency)
     if text.lower().endswith(".gguf"):
@@ -185,12 +194,6 @@ def _answerer(spec, previous: Teacher | None, cfg: EvalConfig) -> Teacher:
             raise MlxlabError("adapters cannot be applied to a GGUF", path=adapters,
                               hint="evaluate the MLX base with the adapters, or export the fused model to GGUF")
         return make_teacher(base, backend="llama-cpp", requantize=False)     # this very file, not a copy
-    if isinstance(previous, _ModelTeacher) and previous.accepts(base, adapters):
-        if adapters is not None:
-            previous.use_adapters(adapters)
-        return previous
-    if isinstance(previous, _ModelTeacher):
-        previous.close()                     # one answering model in memory at a time
     return _ModelTeacher(base, adapters, batch_size=cfg.batch_size or None)
 
 
@@ -345,32 +348,41 @@ def evaluate(models: dict, prompts: str | Path | PromptSet | None = None, *, out
     by_id = {p.id: p for p in pset.prompts}
     rows: list[dict] = []
     losses: dict[str, dict] = {}
-    teacher: Teacher | None = None
-    for label, spec in models.items():
-        tic = time.perf_counter()
-        teacher = _answerer(spec, teacher, cfg)
-        jobs = [(p, j, s) for j, s in enumerate(seeds) for p in pset.prompts]
-        outs = teacher.generate([p.messages for p, _, _ in jobs], seeds=[s for _, _, s in jobs], n=1,
-                                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
-        for (prompt, sample, seed), out in zip(jobs, outs):
-            completion = out[0]
-            rows.append({"id": _answer_id(label, prompt.id, sample), "model": label,
-                         "iteration": (iterations or {}).get(label), "prompt": prompt.id, "sample": sample,
-                         "seed": seed, "answer": completion.text, "tokens": completion.tokens,
-                         "finish_reason": completion.finish_reason,
-                         "rouge_l": rouge_l(completion.text, prompt.reference) if prompt.reference else None})
-        if pset.heldout and isinstance(teacher, _ModelTeacher):
-            loss, count = heldout_loss(teacher.model, teacher.tokenizer, pset.heldout, path=pset.heldout_path,
-                                       max_seq_length=cfg.max_seq_length)
-            losses[label] = {"heldout_loss": loss, "perplexity": math.exp(min(loss, 50)), "heldout_tokens": count}
-        say(f"{label}: {len(jobs)} answers in {time.perf_counter() - tic:.1f} s" +
-            (f", held-out loss {losses[label]['heldout_loss']:.4f}" if label in losses else ""))
-    if isinstance(teacher, _ModelTeacher) and teacher is not judge:
-        teacher.close()                      # free the last answerer before a judge loads
+    ours: Teacher | None = None             # the answerer this call made (closed here), not one the caller passed
+    try:
+        for label, spec in models.items():
+            tic = time.perf_counter()
+            teacher = _answerer(spec, ours, cfg)
+            ours = None if teacher is spec else teacher
+            jobs = [(p, j, s) for j, s in enumerate(seeds) for p in pset.prompts]
+            outs = teacher.generate([p.messages for p, _, _ in jobs], seeds=[s for _, _, s in jobs], n=1,
+                                    temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+            for (prompt, sample, seed), out in zip(jobs, outs):
+                completion = out[0]
+                rows.append({"id": _answer_id(label, prompt.id, sample), "model": label,
+                             "iteration": (iterations or {}).get(label), "prompt": prompt.id, "sample": sample,
+                             "seed": seed, "answer": completion.text, "tokens": completion.tokens,
+                             "finish_reason": completion.finish_reason,
+                             "rouge_l": rouge_l(completion.text, prompt.reference) if prompt.reference else None})
+            if pset.heldout and isinstance(teacher, _ModelTeacher):
+                loss, count = heldout_loss(teacher.model, teacher.tokenizer, pset.heldout, path=pset.heldout_path,
+                                           max_seq_length=cfg.max_seq_length)
+                losses[label] = {"heldout_loss": loss, "perplexity": math.exp(min(loss, 50)),
+                                 "heldout_tokens": count}
+            say(f"{label}: {len(jobs)} answers in {time.perf_counter() - tic:.1f} s" +
+                (f", held-out loss {losses[label]['heldout_loss']:.4f}" if label in losses else ""))
+    finally:
+        if ours is not None:
+            ours.close()                     # free the last answerer before a judge loads
     unparsed = 0
     judge = judge if judge is not None else (cfg.judge_url or cfg.judge)
     if judge is not None:
-        unparsed = judge_rows(rows, by_id, pset.rubric, _judge_teacher(judge, cfg), cfg)
+        grader = _judge_teacher(judge, cfg)
+        try:
+            unparsed = judge_rows(rows, by_id, pset.rubric, grader, cfg)
+        finally:
+            if grader is not judge:
+                grader.close()
         say(f"judge: {len(rows) - unparsed} of {len(rows)} verdicts read, {unparsed} unparsed")
     results = _atomic_write(output / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     summary = _write_summary(output, rows, losses)

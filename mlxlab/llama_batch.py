@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,13 +148,16 @@ class LlamaBatch:
         self._memory = lc.llama_get_memory(self.ctx)
         self._batch = lc.llama_batch_init(N_BATCH, 0, 1)
         self.counters = Counters()
+        # freed by `close`, else when the engine is collected. The finaliser holds the `Llama`, so its model
+        # outlives this context even when both are collected at once (a context must go before its model).
+        self._finalizer = weakref.finalize(self, _free_context, lc, self.ctx, self._batch, llama)
 
     def close(self) -> None:
-        """Free the context and the batch (the model belongs to the `Llama`)."""
-        if self.ctx:
-            self._lc.llama_batch_free(self._batch)
-            self._lc.llama_free(self.ctx)
-            self.ctx = None
+        """Free the context and the batch (the model belongs to the `Llama`); closing twice does nothing.
+
+        Sampler chains live only within a `generate` call, which frees them however it ends."""
+        self._finalizer()
+        self.ctx = self._memory = None
 
     # ------------------------------------------------------------------------------------------ llama.cpp
 
@@ -382,6 +386,12 @@ class LlamaBatch:
             for i in chosen:
                 out[i] = (float(sum(sums[i])), len(sums[i]))
         return out
+
+
+def _free_context(lc, ctx, batch, llama) -> None:
+    """Free a `LlamaBatch`'s context and batch; `llama` is only held until then (its model must outlive them)."""
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
 
 
 def _quiet():

@@ -267,26 +267,55 @@ def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
     from mlxlab.sdg import generate_data, make_sdg_teacher
     from mlxlab.teacher import Teacher
 
-    if not resume and plan.data.exists() and plan.forced:
-        shutil.rmtree(plan.data)           # a redo asked for: journals would otherwise replay the old data
+    if not resume and plan.forced:          # a redo asked for: journals would otherwise replay the old data
+        _clear_data(plan.data)
     cfg = plan.configs["generate"]
     teacher = make_sdg_teacher(cfg)
     outputs = {}
-    if plan.run.replay and world().main:      # the replay is mixed in by rank 0, which writes the datasets
-        replay = plan.data / "replay.jsonl"
-        if not (resume and replay.is_file()):
-            same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
-            student = teacher if same else Teacher(plan.model, backend="mlx")
-            replay = self_replay(student, plan.data, seed=cfg.seed)
-        cfg = dataclasses.replace(cfg, replay=str(replay), replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
-        outputs.update(replay=replay)
-    result = generate_data(config=cfg, teacher=teacher)
+    try:
+        if plan.run.replay and world().main:      # the replay is mixed in by rank 0, which writes the datasets
+            replay = plan.data / "replay.jsonl"
+            if not (resume and replay.is_file()):
+                same = teacher.backend == "mlx" and str(cfg.teacher) == str(plan.model)
+                student = teacher if same else Teacher(plan.model, backend="mlx")
+                try:
+                    replay = self_replay(student, plan.data, seed=cfg.seed)
+                finally:
+                    if student is not teacher:
+                        student.close()
+            cfg = dataclasses.replace(cfg, replay=str(replay),
+                                      replay_ratio=cfg.replay_ratio or plan.run.replay_ratio)
+            outputs.update(replay=replay)
+        result = generate_data(config=cfg, teacher=teacher)
+    finally:
+        teacher.close()                     # its model and (llama.cpp) KV cells are not needed by train and later
     outputs.update(train=result.train, valid=result.valid, test=result.test, report=result.report)
     if result.knowledge_phase1:
         outputs.update(phase1=result.knowledge_phase1)
     figures = {"samples": result.samples, "kept": result.kept, "generated_tokens": result.generated_tokens,
                "tokens_per_second": result.tokens_per_second}
     return outputs, figures
+
+
+def _clear_data(data: Path) -> None:
+    """Empty the data folder for a redo, the ranks in step.
+
+    Rank 0, which writes the data, removes the folder while the others wait: ranks on one machine share it, two
+    removals at once collide, and a late one would delete rank 0's new files. Then every other rank drops its own
+    journals, which are on its own disk when it runs on another machine.
+    """
+    from mlxlab.distributed import from_main, world
+    from mlxlab.sdg_units import rank_journals
+
+    def remove() -> None:
+        if data.exists():
+            shutil.rmtree(data)
+
+    w = world()
+    from_main(remove, "clearing the data folder for the redo", w)
+    if not w.main:
+        for journal in rank_journals(data, w.rank):
+            journal.unlink(missing_ok=True)
 
 
 def plan_phases(data: Path, enabled: bool = True) -> list[dict] | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlxlab.errors import MlxlabError
+
 
 class _Figures:
     """`subplots` like pyplot's, on bare `matplotlib.figure.Figure`s: no global backend is switched, so a
@@ -53,10 +55,24 @@ def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None 
 
 
 def read_log(train_log: Path | None) -> list[dict]:
-    """The rows of a train_log.jsonl ([] when there is none)."""
+    """The rows of a train_log.jsonl ([] when there is none); a torn last line (a kill mid-write) is left out."""
     if train_log is None or not Path(train_log).is_file():
         return []
-    return [json.loads(line) for line in Path(train_log).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = Path(train_log).read_text(encoding="utf-8").splitlines()
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == last:
+                break
+            raise MlxlabError(f"not valid JSON: {exc.msg}", path=Path(train_log), line=number + 1,
+                              column=exc.colno, hint="a training log is written by `mlxlab train`: delete the "
+                                                     "broken line, or train into a new --output") from None
+    return rows
 
 
 def plot_loss(train_log: Path, png: Path) -> Path | None:

@@ -22,7 +22,8 @@ from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
-from mlxlab.sdg_units import JOURNAL_VERSION, Journal, _Run, _unit_seed, leaf_key  # noqa: F401 (re-exported)
+from mlxlab.sdg_units import (JOURNAL_VERSION, Journal, _Run, _unit_seed, journal_path,  # noqa: F401 (re-exported)
+                              leaf_key)
 
 # the prompt templates (mlxlab/prompts/<role>.yaml) the pipelines use; other stages keep theirs there too
 ROLES = ("skill_questions", "grounded_contexts", "grounded_questions", "question_judge", "answer", "pair_judge",
@@ -285,9 +286,7 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     from mlxlab.distributed import world
 
     # every rank keeps its own journal (no shared filesystem); rank 0's also holds what the others sent
-    rank = world().rank
-    journal = Journal(out / ".journal" / f"{leaf_key(leaf.name)}{f'.rank{rank}' if rank else ''}.jsonl",
-                      _fingerprint(cfg, teacher, leaf))
+    journal = Journal(journal_path(out, leaf.name, world().rank), _fingerprint(cfg, teacher, leaf))
     if journal.restarted:
         stats.notes.append("the leaf or the generation settings changed since the last run: started afresh")
     run = _Run(teacher, cfg, leaf, journal, stats, display, share)
@@ -389,7 +388,7 @@ def _generate(cfg: GenerateConfig, instance) -> DataResult:
     import dataclasses
 
     from mlxlab.config import save_resolved
-    from mlxlab.distributed import from_main, gather_json, world
+    from mlxlab.distributed import gather_json, world
 
     w = world()
     tax = _load_taxonomy(cfg.taxonomy)
@@ -407,6 +406,19 @@ def _generate(cfg: GenerateConfig, instance) -> DataResult:
         save_resolved(out / "config.yaml", cfg)
     start = time.perf_counter()
     teacher = instance or make_sdg_teacher(cfg)
+    try:
+        return _generate_with(teacher, cfg, tax, out, start, w)
+    finally:
+        if teacher is not instance:     # ours: free its model now (a llama.cpp teacher's KV cells are ~0.5 GB)
+            teacher.close()
+
+
+def _generate_with(teacher, cfg: GenerateConfig, tax, out: Path, start: float, w) -> DataResult:
+    """`_generate` once the teacher is loaded: every leaf, the datasets and the report."""
+    import dataclasses
+
+    from mlxlab.distributed import from_main, gather_json
+
     if w.size > 1 and len(set(gather_json(teacher.batch_size, "comparing the batch sizes", w))) > 1:
         raise MlxlabError("the ranks' teachers decode different batch sizes, which would change the text",
                           hint="pass the same --batch-size to every rank")

@@ -67,6 +67,15 @@ def _loads(line: str) -> dict | None:
 
 
 
+def journal_path(out: Path, leaf: str, rank: int = 0) -> Path:
+    """Rank `rank`'s journal of `leaf` under the output folder `out` (rank 0's also holds what the others sent)."""
+    return out / ".journal" / f"{leaf_key(leaf)}{f'.rank{rank}' if rank else ''}.jsonl"
+
+
+def rank_journals(out: Path, rank: int) -> list[Path]:
+    """The journals that rank `rank` (> 0) keeps under `out`, with those it set aside as stale."""
+    return sorted((out / ".journal").glob(f"*.rank{rank}.jsonl*"))
+
 
 def leaf_key(name: str) -> str:
     """A file name for a leaf (its taxonomy path with / → __)."""

@@ -46,9 +46,30 @@ _WATCHDOG = ("import os, sys, threading, time, runpy\n"
              "threading.Thread(target=watch, daemon=True).start()\n")
 
 
+def llama_server_environment(api_key: str | None = None) -> dict[str, str]:
+    """This process's environment for a llama.cpp server child, without any variable that names one of the
+    server's settings, plus `API_KEY` when `api_key` is given.
+
+    llama-cpp-python's server reads every settings field (API_KEY, MODEL, N_GPU_LAYERS, ...) from the environment,
+    in any case, and a config file from CONFIG_FILE: an unrelated API_KEY exported in a shell would turn on auth.
+    The names come from the installed server's own settings classes, so they follow its version.
+    """
+    from llama_cpp.server.settings import ConfigFileSettings, ModelSettings, ServerSettings
+
+    names = {"config_file"}
+    for settings in (ModelSettings, ServerSettings, ConfigFileSettings):
+        prefix = settings.model_config.get("env_prefix") or ""
+        for name, info in settings.model_fields.items():
+            names.update((prefix + alias).lower() for alias in (name, info.alias) if isinstance(alias, str))
+    env = {key: value for key, value in os.environ.items() if key.lower() not in names}
+    if api_key:
+        env["API_KEY"] = api_key
+    return env
+
+
 def _command(model: str | Path, host: str, port: int, api_key: str | None,
              n_ctx: int | None) -> tuple[list[str], dict[str, str]]:
-    """(command line, extra environment) of the server for `model` (.gguf -> llama.cpp, else mlx-lm)."""
+    """(command line, environment) of the server for `model` (.gguf -> llama.cpp, else mlx-lm)."""
     from mlxlab.device import llama_threads
 
     path = Path(str(model)).expanduser()
@@ -64,8 +85,7 @@ def _command(model: str | Path, host: str, port: int, api_key: str | None,
                               "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
         cmd = [sys.executable, "-c", script, "--model", str(path), "--host", host, "--port", str(port),
                "--n_ctx", str(n_ctx or DEFAULT_N_CTX), "--n_threads", threads, "--n_threads_batch", threads]
-        # llama-cpp-python's settings read API_KEY from the environment
-        return cmd, ({"API_KEY": api_key} if api_key else {})
+        return cmd, llama_server_environment(api_key)
     if api_key:
         raise MlxlabError("mlx-lm's server has no API keys; --api-key needs a GGUF model (served by llama.cpp)",
                           hint="export the model first: mlxlab export MODEL --out-type q4_k_m")
@@ -78,7 +98,9 @@ def _command(model: str | Path, host: str, port: int, api_key: str | None,
     # run mlx-lm's server after `import mlxlab`, so MLX binds OpenBLAS on Linux
     script = _WATCHDOG + ("import mlxlab\nsys.argv = ['mlx_lm.server'] + sys.argv[1:]\n"
                           "runpy.run_module('mlx_lm.server', run_name='__main__')\n")
-    return [sys.executable, "-c", script, "--model", str(model_dir), "--host", host, "--port", str(port)], {}
+    # mlx-lm's server reads no settings from the environment (its Hugging Face client's HF_* variables are meant)
+    return ([sys.executable, "-c", script, "--model", str(model_dir), "--host", host, "--port", str(port)],
+            dict(os.environ))
 
 
 def _check_gguf(path: Path) -> None:
@@ -150,24 +172,24 @@ def start_server(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             raise MlxlabError(f"port {port} on {host} is already in use", hint="pass another --port (0 = any free one)")
     fd, log_name = tempfile.mkstemp(prefix="mlxlab-serve-", suffix=".log")
     log = Path(log_name)
-    with os.fdopen(fd, "wb") as handle:
+    with os.fdopen(fd, "wb") as handle:     # its own group: stopped as a whole, not by Ctrl-C twice
         process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env={**os.environ, **env})      # its own group: stopped as a whole, not by Ctrl-C twice
+                                   start_new_session=True, env=env)
     local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     server = Server(process, f"http://{local}:{port}/v1", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = server.log_tail()
-            server.stop()
-            raise MlxlabError(f"the server exited with code {process.returncode} before answering:\n{tail}",
-                              path=model if str(model).endswith(".gguf") else None)
-        if _get(f"{server.url}/models", api_key) == 200:
-            return server
-        time.sleep(0.25)
-    tail = server.log_tail()
-    server.stop()
-    raise MlxlabError(f"the server did not answer within {timeout:.0f} s:\n{tail}")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise MlxlabError(f"the server exited with code {process.returncode} before answering:\n"
+                                  f"{server.log_tail()}", path=model if str(model).endswith(".gguf") else None)
+            if _get(f"{server.url}/models", api_key) == 200:
+                return server
+            time.sleep(0.25)
+        raise MlxlabError(f"the server did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+    except BaseException:       # Ctrl-C and errors too: nobody else holds the server yet to stop it
+        server.stop()
+        raise
 
 
 @contextlib.contextmanager

@@ -267,9 +267,11 @@ class Teacher:
         return max(1, len(text) // 4)
 
     def close(self) -> None:
-        """Free the model (a later `generate` on an in-process backend is an error)."""
+        """Free the model (a later `generate` on an in-process backend is an error); closing twice does nothing."""
         if self._engine is not None:
-            self._engine.close()
+            self._engine.close()            # the batched context first: it was made from the Llama's model
+        if self._llama is not None:
+            self._llama.close()
         self._model = self._tokenizer = self._llama = self._engine = self._chat = None
         self._prefixes.clear()
 

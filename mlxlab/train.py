@@ -25,6 +25,7 @@ from mlxlab.checkpoints import (_flat, _set_by_path, _write_atomic, checkpoints,
                                 restore_checkpoint, save_adapters, save_checkpoint)
 from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
 from mlxlab.errors import MlxlabError
+from mlxlab.plots import read_log
 
 DEFAULT_ITERS = 100
 @dataclass(frozen=True)
@@ -319,13 +320,12 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         newest = checkpoints(output)[max(checkpoints(output))]
         start = restore_checkpoint(newest, net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
         say(f"resuming from {newest} (iteration {start})")
-        kept = []
-        if log_path.is_file():      # drop log lines a killed run wrote after its last checkpoint
-            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["iter"] <= start]
-            _write_atomic(log_path, lambda p: p.write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
-        return {"start": start, "evals": [row for row in map(json.loads, kept)
-                                          if "val_loss" in row or "general_loss" in row]}
+        # drop log lines a killed run wrote after its last checkpoint, and a line it was killed in the middle of
+        kept = [row for row in read_log(log_path) if row["iter"] <= start]
+        if log_path.is_file():
+            _write_atomic(log_path, lambda p: p.write_text("".join(json.dumps(row) + "\n" for row in kept),
+                                                           encoding="utf-8"))
+        return {"start": start, "evals": [row for row in kept if "val_loss" in row or "general_loss" in row]}
 
     begun = dist.from_main(restore, "restoring the checkpoint", w)
     # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start

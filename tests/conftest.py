@@ -168,3 +168,30 @@ def tiny_llama(make_tiny_model) -> Path:
 def tiny_qwen2(make_tiny_model) -> Path:
     """Tiny random qwen2 (tied embeddings, q/k/v biases), HF layout with the tiny tokenizer."""
     return make_tiny_model("qwen2")
+
+
+@pytest.fixture
+def live_contexts(monkeypatch):
+    """`live_contexts()`: how many llama.cpp contexts mlxlab's batched engine made and has not freed yet.
+
+    The real `llama_init_from_model` and `llama_free` run; they are only counted (llama-cpp-python's own `Llama`
+    calls them through its private module, so its context is not counted).
+    """
+    import llama_cpp
+
+    live: set[int] = set()
+    init, free = llama_cpp.llama_init_from_model, llama_cpp.llama_free
+
+    def counted_init(model, params):
+        ctx = init(model, params)
+        if ctx:
+            live.add(int(ctx))
+        return ctx
+
+    def counted_free(ctx):
+        live.discard(int(ctx))
+        free(ctx)
+
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", counted_init)
+    monkeypatch.setattr(llama_cpp, "llama_free", counted_free)
+    return lambda: len(live)

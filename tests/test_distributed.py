@@ -151,22 +151,72 @@ def test_batch_that_does_not_split_is_a_clear_error_on_every_rank(tiny_llama, od
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
-def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
-    """Started by hand (no launcher to stop the rest): the survivor's collective fails with a clear MlxlabError."""
+def _ranks_by_hand(script: str, tmp_path: Path) -> list[subprocess.Popen]:
+    """2 ranks of `script` joined over the ring backend on 127.0.0.1, started without a launcher."""
     port = free_port()
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLX_HOSTFILE": str(hostfile)}
+    return [subprocess.Popen([sys.executable, "-c", script], env={**env, "MLX_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+
+
+def test_a_rank_that_dies_is_a_clear_error_without_the_launcher(tmp_path):
+    """Started by hand (no launcher to stop the rest): the survivor's collective fails with a clear MlxlabError."""
     script = ("import os, sys\nfrom mlxlab import distributed as dist\nfrom mlxlab.errors import MlxlabError\n"
               "w = dist.world()\nif w.rank == 1:\n    os._exit(3)\n"
               "try:\n    dist.gather_json({'x': 1}, 'gathering the results')\n"
               "except MlxlabError as exc:\n    print('CLEAR:', exc)\n")
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLX_HOSTFILE": str(hostfile)}
-    procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MLX_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = _ranks_by_hand(script, tmp_path)
     out = procs[0].communicate(timeout=60)[0]
     procs[1].wait(timeout=60)
     assert "CLEAR: rank 0 of 2 (ring): lost the connection to another rank while gathering the results" in out, out
     assert "another rank stopped" in out
+
+
+def test_any_error_of_rank_0_in_from_main_reaches_the_other_ranks(tmp_path):
+    """Not only an MlxlabError: rank 0 raises its own exception, rank 1 a clear MlxlabError, and they stay in step."""
+    script = ("from mlxlab import distributed as dist\nfrom mlxlab.errors import MlxlabError\n"
+              "def plan():\n    raise ValueError('boom')\n"
+              "try:\n    dist.from_main(plan, 'planning')\n"
+              "except MlxlabError as exc:\n    print('CLEAR:', exc)\n"
+              "except ValueError as exc:\n    print('OWN:', repr(exc))\n"
+              "print('NEXT:', dist.gather_json(dist.world().rank, 'gathering'))\n")
+    procs = _ranks_by_hand(script, tmp_path)
+    try:
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert "OWN: ValueError('boom')" in outs[0] and "NEXT: [0, 1]" in outs[0], outs
+    assert "CLEAR: rank 0 stopped while planning: ValueError: boom" in outs[1] and "rank 0's output" in outs[1]
+    assert "NEXT: [0, 1]" in outs[1], outs
+
+
+def test_a_forced_generate_redo_clears_rank_0s_data_and_only_the_other_ranks_journals(tmp_path):
+    """`mlxlab run --from generate` on 2 ranks. Each rank has its own runs folder here, as on two machines: rank 0
+    removes its data folder; rank 1 drops only its own journals (rank 0 alone writes the rest) and waits for rank 0,
+    since ranks on one machine share a folder. The teacher is no model, so the stage stops right after."""
+    from tests.test_sdg import make_taxonomy
+
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model")
+    config = tmp_path / "mlxlab.yaml"
+    config.write_text("generate:\n  teacher_backend: llama-cpp\n")
+    for rank in (0, 1):
+        journals = tmp_path / f"runs-{rank}" / "r" / "data" / ".journal"
+        journals.mkdir(parents=True)
+        (journals / f"leaf{'.rank1' if rank else ''}.jsonl").write_text('{"journal": 1}\n')
+        (journals.parent / "train.jsonl").write_text("old data\n")
+    text = run_launch(["--config", str(config), "run", "r", "--runs-dir", str(tmp_path / "runs-{rank}"),
+                       "--taxonomy", str(tax), "--teacher", str(junk), "--stages", "generate", "--from", "generate",
+                       "--quiet"], timeout=120)
+    assert "not a readable GGUF file" in text and "Traceback" not in text, text
+    assert not (tmp_path / "runs-0" / "r" / "data").exists()
+    rank1 = tmp_path / "runs-1" / "r" / "data"
+    assert (rank1 / "train.jsonl").is_file() and not (rank1 / ".journal" / "leaf.rank1.jsonl").exists(), text
 
 
 # ---------------------------------------------------------------------------------------------- sharded SDG

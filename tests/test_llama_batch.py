@@ -170,3 +170,90 @@ def test_auto_in_sdg_is_reported_and_a_failure_mid_batch_resumes(smollm2_gguf, t
     assert report["methods"]["scorer"] == "likelihood"        # scoring works on this backend
     units = [json.loads(line)["unit"] for line in journal.read_text().splitlines()[1:]]
     assert len(units) == len(set(units)) and len(units) > done  # resumed: nothing done twice
+
+
+# ---------------------------------------------------------------------------------------------- freeing contexts
+
+def test_a_context_is_freed_by_close_once_and_by_the_finaliser(tiny_ggufs, live_contexts):
+    import gc
+
+    from mlxlab.llama_batch import LlamaBatch
+
+    teacher = Teacher(tiny_ggufs[0], backend="llama-cpp", batch_size=2, n_ctx=256)
+    assert live_contexts() == 1
+    teacher.close()
+    teacher.close()                                        # twice: nothing freed twice
+    assert live_contexts() == 0
+    with pytest.raises(MlxlabError, match="closed"):
+        teacher.complete(["hello"], max_tokens=2)
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(tiny_ggufs[0]), n_ctx=64, verbose=False)
+    engine = LlamaBatch(llama, slots=2, n_ctx=64, threads=1)
+    del llama                                              # the engine keeps the model alive until its context goes
+    assert live_contexts() == 1
+    del engine                                             # dropped without close: the finaliser frees it
+    gc.collect()
+    assert live_contexts() == 0
+
+
+def test_sdg_closes_the_teacher_it_made_also_on_errors(tiny_ggufs, tmp_path, monkeypatch, live_contexts):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_sdg import make_taxonomy
+
+    import mlxlab.sdg
+    from mlxlab.pipeline import run
+    from mlxlab.sdg import generate_data
+
+    def failing(*args, **kwargs):
+        raise MlxlabError("injected after the teacher was loaded")
+
+    monkeypatch.setattr(mlxlab.sdg, "_run_leaf", failing)
+    tax = make_taxonomy(tmp_path / "taxonomy")
+    with pytest.raises(MlxlabError, match="injected") as info:
+        generate_data(tax, teacher=str(tiny_ggufs[0]), teacher_backend="llama-cpp", batch_size=2,
+                      output=tmp_path / "data", quiet=True)
+    # freed at once, not when the traceback (which holds the teacher) is collected
+    assert info.value and live_contexts() == 0
+    mine = Teacher(tiny_ggufs[0], backend="llama-cpp", batch_size=2, n_ctx=256)
+    with pytest.raises(MlxlabError, match="injected"):
+        generate_data(tax, teacher=mine, output=tmp_path / "data", quiet=True)
+    assert live_contexts() == 1 and mine.complete(["hello"], max_tokens=2, temperature=0.0)   # the caller's: open
+    mine.close()
+    # the generate stage of a run makes the teacher and hands it to generate_data: the stage closes it
+    with pytest.raises(MlxlabError, match="injected") as info:
+        run("r", runs_dir=tmp_path / "runs", taxonomy=tax, teacher=str(tiny_ggufs[0]), stages=["generate"],
+            generate={"teacher_backend": "llama-cpp", "batch_size": 2}, quiet=True)
+    assert info.value and live_contexts() == 0
+
+
+def test_evaluate_closes_the_answerers_it_made_never_the_callers(tiny_ggufs, tmp_path, monkeypatch, live_contexts):
+    import mlxlab.evaluate
+    from mlxlab.evaluate import evaluate
+
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("name: tiny\nprompts:\n  - id: a\n    prompt: What is a port?\n    reference: A port.\n")
+    mine = Teacher(tiny_ggufs[1], backend="llama-cpp", batch_size=2, n_ctx=256)
+    seen = []
+    answer = Teacher.generate
+
+    def counting(self, *args, **kwargs):
+        seen.append(live_contexts())
+        return answer(self, *args, **kwargs)
+
+    monkeypatch.setattr(Teacher, "generate", counting)
+    result = evaluate({"gguf": str(tiny_ggufs[0]), "mine": mine}, prompts, output=tmp_path / "eval", k=1,
+                      max_tokens=4, quiet=True)
+    assert len(result.summary["models"]) == 2
+    # the GGUF's answerer went before the next one answered; the caller's teacher is still open
+    assert seen == [2, 1] and live_contexts() == 1
+    assert mine.complete(["hello"], max_tokens=2, temperature=0.0)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected while answering")
+
+    monkeypatch.setattr(mlxlab.evaluate, "rouge_l", failing)
+    with pytest.raises(RuntimeError, match="injected") as info:
+        evaluate({"gguf": str(tiny_ggufs[0])}, prompts, output=tmp_path / "eval2", k=1, max_tokens=4, quiet=True)
+    assert info.value and live_contexts() == 1          # the answerer it made is freed; `mine` is still open
+    mine.close()

@@ -164,3 +164,53 @@ def test_serve_refuses_bad_input_before_starting(tmp_path, tiny_llama):
     with pytest.raises(MlxlabError, match="n_ctx"):
         start_server(tiny_llama, port=0, n_ctx=4096)
     assert _loopback("127.0.0.1") and _loopback("localhost") and not _loopback("0.0.0.0")
+
+
+def test_server_settings_in_our_environment_do_not_reach_the_server(tiny_gguf, tmp_path, monkeypatch):
+    """llama-cpp-python's server reads its settings from the environment, in any case: an API_KEY exported for
+    something else would turn on auth (the start-up probe then gets 401 until it times out), a CONFIG_FILE would
+    replace our settings."""
+    from mlxlab.serve import serve
+
+    monkeypatch.setenv("API_KEY", "unrelated")
+    monkeypatch.setenv("CONFIG_FILE", str(tmp_path / "absent.json"))
+    monkeypatch.setenv("disable_ping_events", "maybe")              # not a bool: the server would not start
+    monkeypatch.setenv("MLXLAB_TEST_KEEP", "kept")
+    with serve(tiny_gguf, port=0, timeout=120) as url:
+        assert _request(url, "GET", "/models")[0] == 200           # no --api-key: no auth
+    from mlxlab.serve import llama_server_environment
+
+    env = llama_server_environment("sesame")
+    assert env["API_KEY"] == "sesame" and env["MLXLAB_TEST_KEEP"] == "kept"
+    assert not {"CONFIG_FILE", "disable_ping_events"} & set(env)
+
+
+def test_ctrl_c_while_the_server_starts_stops_it(tiny_gguf, monkeypatch):
+    import os
+    import signal
+    import subprocess
+
+    import mlxlab.serve
+    from mlxlab.serve import start_server
+
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupted(*args, **kwargs):
+        assert started[0].poll() is None                           # the server is starting
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    monkeypatch.setattr(mlxlab.serve, "_get", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_server(tiny_gguf, port=0)
+        assert len(started) == 1 and started[0].poll() is not None, "the server outlived the Ctrl-C"
+    finally:
+        if started and started[0].poll() is None:
+            os.killpg(started[0].pid, signal.SIGKILL)
+            started[0].wait()

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -387,3 +388,29 @@ def test_unknown_roles_and_missing_replies_are_file_line_errors(tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(MlxlabError, match="no assistant message"):
         read_jsonl(bad)
+
+
+def test_resume_drops_a_torn_last_line_of_the_training_log(tiny_llama, chat_data, tmp_path):
+    """A kill in the middle of writing a log line leaves it torn; resume keeps every whole line and goes on."""
+    from mlxlab.plots import read_log
+    from mlxlab.train import train
+
+    settings = dict(num_iters=8, save_every=4, steps_per_eval=4, seed=1, **FAST)
+    out = tmp_path / "run"
+    full = train(tiny_llama, chat_data, out, **settings)
+    expected = _log(full.log)
+    # as if killed while writing iteration 7's line: the last checkpoint is iteration 4
+    shutil.rmtree(out / "checkpoints" / "iter_000008")
+    (out / "result.json").unlink()
+    whole = [line for line in full.log.read_text().splitlines() if json.loads(line)["iter"] <= 6]
+    full.log.write_text("".join(line + "\n" for line in whole) + '{"iter": 7, "loss": 2.7')
+    resumed = train(tiny_llama, chat_data, out, resume=True, **settings)
+    rows = _log(resumed.log)                               # every line whole again, the same as uninterrupted
+    assert [sorted(r) for r in rows] == [sorted(r) for r in expected]
+    assert [r["iter"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
+    # a broken line that is not the last is no torn write: a clear error naming it
+    resumed.log.write_text('{"iter": 1, "loss": 2.0}\n{"iter": 2, "lo\n{"iter": 3, "loss": 1.0}\n')
+    with pytest.raises(MlxlabError, match="not valid JSON") as info:
+        read_log(resumed.log)
+    assert info.value.line == 2
