@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -761,3 +762,27 @@ def test_fewshot_prompts_do_not_depend_on_batch_or_fleet_size(tmp_path):
     again = EchoTeacher("openai", concurrency=4)
     sdg.generate_data(tax, teacher=again, output=tmp_path / "a", **settings)
     assert again.prompts == [] and _final(tmp_path / "a")["files"] == _final(tmp_path / "b")["files"]
+
+
+@pytest.mark.slow
+def test_an_edited_document_with_the_embedded_teacher_asks_only_about_its_new_passage(smollm2_dir, tmp_path):
+    from mlxlab.chunking import passages
+    from mlxlab.fewshot import passage_keys
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    shutil.rmtree(tax / "compositional_skills")
+    doc = tmp_path / "taxonomy-docs" / "mars.md"
+    doc.write_text(RED_PLANET)
+    settings = dict(output=tmp_path / "data", samples_per_seed=1, max_tokens=24, batch_size=1, allow_empty=True,
+                    quiet=True, seed=1)
+    generate_data(tax, **settings)
+    journal = tmp_path / "data" / ".journal" / "knowledge__astronomy__mars.jsonl"
+    before = journal.read_text().splitlines()
+    doc.write_text(RED_PLANET.replace("# Mars\n", f"# Mars\n\n{NEW_TOP}\n"))
+    generate_data(tax, **settings)
+    added = [json.loads(line)["unit"] for line in journal.read_text().splitlines()[len(before):]]
+    (new_key, _passage), = [(k, p) for k, p in passage_keys(passages([doc])) if p["text"] == NEW_TOP]
+    assert added == [f"questions/{new_key}/0"]            # the three unchanged passages kept their questions
+    keys = {p["text"]: key for key, p in passage_keys(passages([doc]))}
+    assert all(s["unit"].split("/")[0] == keys[s["answer"]] for s in _generated(tmp_path / "data", "knowledge"))
