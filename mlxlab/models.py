@@ -202,7 +202,9 @@ def model_identity(ref: str | Path) -> str:
     """
     text = str(ref).strip()
     path = Path(text).expanduser()
-    if not path.exists() and not isinstance(ref, Path) and not _looks_local(text) and _HF_ID.match(text):
+    if not path.exists():
+        if isinstance(ref, Path) or _looks_local(text) or not _HF_ID.match(text):
+            return text                     # nothing there: whoever loads it says so
         try:
             from huggingface_hub import snapshot_download
 

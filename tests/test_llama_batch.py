@@ -87,6 +87,8 @@ def test_model_identity_of_a_hugging_face_id_is_its_cached_snapshot(tmp_path, mo
     (repo / "refs" / "main").write_text("b" * 40)                   # a new revision in the cache
     assert "a" * 40 in first and "b" * 40 in model_identity("owner/tiny")
     assert model_identity("owner/not-cached") == "owner/not-cached"     # offline, nothing to resolve: the id
+    with pytest.raises(MlxlabError, match="no such file or directory"):    # a missing folder: a clear error
+        teacher_gguf(str(tmp_path / "fused"))
 
 
 @pytest.fixture(scope="module")
