@@ -18,11 +18,12 @@ Layouts (each block separated by a blank line):
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 
-# bump when a layout changes: journals of the old layout are set aside
-LAYOUT_VERSION = 2
+# bump when a layout or the unit keys change: journals of the old layout are set aside (3: passage keys)
+LAYOUT_VERSION = 3
 SHOTS = 4                    # seed examples shown per skill prompt
 KNOWLEDGE_PAIRS = 3          # seed Q&A shown per knowledge prompt (with their context)
 SCORE_WORDS = 48             # the likelihood scorer reads at most this many words of an answer
@@ -57,6 +58,21 @@ def question_prompt(outline: str, example: dict, passage: dict) -> str:
     heading = f"## {passage['heading']}\n\n" if passage.get("heading") else ""
     return (f"{outline.strip()}\n\nText: {example['context'].strip()}\n{questions}\n"
             f"Text: {heading}{passage['text'].strip()}\nQ:")
+
+
+def passage_keys(passages: list[dict]) -> list[tuple[str, dict]]:
+    """(key, passage) in document order; the key is a hash of the passage's heading and text.
+
+    Units keyed by content stay valid when a document changes: an edited passage gets a new key (and new
+    questions), an unchanged one keeps its questions in the journal, wherever it moved in the document.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for passage in passages:
+        key = hashlib.sha256(f"{passage['heading']}\0{passage['text']}".encode()).hexdigest()[:12]
+        seen[key] = seen.get(key, 0) + 1
+        out.append((key if seen[key] == 1 else f"{key}.{seen[key]}", passage))    # the same text twice
+    return out
 
 
 def parse_question(text: str) -> dict | None:
@@ -107,14 +123,18 @@ def fewshot_pipeline(run, seeds: list[dict], chunks: list) -> dict[str, dict]:
     n = cfg.samples_per_seed
     if leaf.kind == "knowledge":
         examples = knowledge_examples(seeds)
-        passages = run.passages
-        # one seed example per batch of the teacher: the batch shares its whole prompt prefix in the cache
-        items = {f"{i}/{k}": {"seed": (i * n + k) // run.group % len(examples), "answer": p["text"],
-                              "heading": p["heading"], "passage": p["source"], "answer_from": "document"}
-                 for i, p in enumerate(passages) for k in range(n)}
-        return run.stage("questions", items, lambda it: question_prompt(
-            leaf.document_outline or "", examples[it["seed"]], {"heading": it["heading"], "text": it["answer"]}),
+        items = {}
+        for key, p in passage_keys(run.passages):
+            # the example shown depends on the passage alone, never on the batch or fleet size
+            seed = random.Random(f"{cfg.seed}\0{leaf.name}\0{key}").randrange(len(examples))
+            items.update({f"{key}/{k}": {"seed": seed, "answer": p["text"], "heading": p["heading"],
+                                         "passage": p["source"], "answer_from": "document"} for k in range(n)})
+        # prompts that show the same example go to the teacher together: a batch shares its prompt prefix
+        done = run.stage("questions", dict(sorted(items.items(), key=lambda kv: kv[1]["seed"])), lambda it: (
+            question_prompt(leaf.document_outline or "", examples[it["seed"]],
+                            {"heading": it["heading"], "text": it["answer"]})),
             lambda text, _it: (parse_question(text), True), stop=STOPS["question"])
+        return {key: done[key] for key in items if key in done}      # back in document order
     grounded = leaf.kind == "grounded_skill"
     task = leaf.task_description or ""
     items = {f"{i}/{k}": {"seed": i} for i in range(len(seeds)) for k in range(n)}

@@ -57,7 +57,7 @@ def teacher_gguf(model: str | Path | None, *, requantize: bool = True) -> tuple[
     and an MLX or Hugging Face model, is exported to Q8_0 through mlxlab's own export (verified against MLX
     like every export) into the cache. Q8_0 holds a 4-bit model's weights almost exactly.
     """
-    from mlxlab.models import EMBEDDED, cache_dir, embedded_gguf
+    from mlxlab.models import EMBEDDED, cache_dir, embedded_gguf, model_identity, resolve_model
 
     text = "" if model is None else str(model).strip()
     source = embedded_gguf() if not text or text.lower() == EMBEDDED else Path(text).expanduser()
@@ -71,8 +71,10 @@ def teacher_gguf(model: str | Path | None, *, requantize: bool = True) -> tuple[
             return source, f"{source.name} as is ({', '.join(sorted(types))})"
         stat = source.stat()
         key = f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    else:
-        key = text
+    else:       # a folder or id by what it holds now: `fused` of two projects, or re-fused in place, differ
+        key = model_identity(text)
+        if key == text:     # a Hugging Face id not in the cache yet: fetch it (the export needs it) and key by that
+            key = model_identity(resolve_model(text))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     name = source.stem if source.is_file() else Path(text).name
     target = cache_dir() / "teacher-gguf" / f"{name}-{digest}.q8_0.gguf"

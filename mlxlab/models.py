@@ -193,6 +193,31 @@ def _from_hub(repo: str) -> Path:
                           f"{tried} ({type(exc).__name__}: {reason})", hint=hint) from None
 
 
+def model_identity(ref: str | Path) -> str:
+    """A text that changes whenever the model `ref` names does, for caches of things made from it.
+
+    A local file or folder: its resolved path with the size and mtime of each file in it (a re-saved model
+    in the same folder, or two projects' `fused/`, are different models). A Hugging Face id: the snapshot in
+    the local cache (its folder names the commit), or the id itself when it is not cached.
+    """
+    text = str(ref).strip()
+    path = Path(text).expanduser()
+    if not path.exists():
+        if isinstance(ref, Path) or _looks_local(text) or not _HF_ID.match(text):
+            return text                     # nothing there: whoever loads it says so
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(text, local_files_only=True))     # never the network
+        except Exception:                   # not cached (or huggingface_hub missing): the id is all there is
+            return text
+    path = path.resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() \
+        else [path]
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return json.dumps([str(path), stats])
+
+
 def resolve_model(ref: str | Path | None = None) -> Path:
     """A local directory mlx-lm can load for `ref` (None/"smollm2", a model dir, a .gguf file, or a HF id)."""
     if ref is None or (isinstance(ref, str) and ref.strip().lower() == EMBEDDED):

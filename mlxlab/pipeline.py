@@ -407,7 +407,9 @@ def _run_eval(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
     trained = json.loads((plan.adapters / "result.json").read_text(encoding="utf-8")) \
         if (plan.adapters / "result.json").is_file() else {}
-    iters = trained.get("num_iters") or plan.configs["train"].num_iters or 0
+    # the iteration of the adapters evaluated: the kept checkpoint's (keep_best), counted across phases
+    iters = trained.get("best_iter") if trained.get("best_iter") is not None else \
+        trained.get("num_iters") or plan.configs["train"].num_iters or 0
     models = {"base": plan.model, "trained": (plan.model, plan.adapters)}
     result = evaluate(models, output=plan.dir / "eval", iterations={"base": 0, "trained": iters},
                       config=plan.configs["eval"], quiet=plan.quiet)

@@ -38,8 +38,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None = None) -> None:
-    """Training loss, validation loss and (optionally) held-out loss at checkpoints against iteration."""
+def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None = None,
+              kept: int | None = None) -> None:
+    """Training loss, validation loss and (optionally) held-out loss at checkpoints against iteration.
+
+    Rows of phased training (tagged `phase`) get a line where each later phase starts; `kept` marks the
+    iteration whose adapters were kept."""
     train_rows = [(r["iter"], r["loss"]) for r in log_rows if "loss" in r]
     val_rows = [(r["iter"], r["val_loss"]) for r in log_rows if "val_loss" in r]
     if train_rows:
@@ -48,6 +52,16 @@ def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None 
         ax.plot(*zip(*val_rows), "s--", label="validation loss")
     if heldout:
         ax.plot(*zip(*heldout), "o-", label="held-out loss (checkpoints)")
+    starts = {}
+    for row in log_rows:
+        starts.setdefault(row.get("phase"), row["iter"])
+    for phase, start in list(starts.items())[1:]:
+        if phase is not None:
+            ax.axvline(start, color="gray", linestyle=":", linewidth=1)
+            ax.annotate(f"phase {phase}", (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=8, color="gray")
+    if kept is not None:
+        ax.axvline(kept, color="green", linestyle="--", linewidth=1, label=f"kept (iteration {kept})")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -75,13 +89,13 @@ def read_log(train_log: Path | None) -> list[dict]:
     return rows
 
 
-def plot_loss(train_log: Path, png: Path) -> Path | None:
+def plot_loss(train_log: Path, png: Path, *, kept: int | None = None) -> Path | None:
     """The loss curve of a training log as a PNG (None when matplotlib is not installed)."""
     try:
         fig, ax = _pyplot().subplots(figsize=(7, 4))
     except ImportError:
         return None
-    draw_loss(ax, read_log(train_log))
+    draw_loss(ax, read_log(train_log), kept=kept)
     fig.tight_layout()
     return _save(fig, Path(png))
 

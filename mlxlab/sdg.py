@@ -179,8 +179,13 @@ def seed_questions(leaf) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the stage
 
-def _fingerprint(cfg: GenerateConfig, teacher, leaf) -> str:
-    """What the journal's units depend on; a change starts the leaf afresh (thresholds do not count)."""
+def _fingerprint(cfg: GenerateConfig, teacher, leaf, *, content_keyed: bool = False) -> str:
+    """What the journal's units depend on; a change starts the leaf afresh (thresholds do not count).
+
+    The documents count by their bytes (an edited document in a plain folder, or at a branch name, keeps its
+    path), except where the units are keyed by their passage's content (`content_keyed`: back-translation),
+    so that the unchanged passages of an edited document keep their questions.
+    """
     from mlxlab.prompts import _DIR
 
     prompts = hashlib.sha256(b"".join((_DIR / f"{role}.yaml").read_bytes() for role in ROLES)).hexdigest()
@@ -193,7 +198,8 @@ def _fingerprint(cfg: GenerateConfig, teacher, leaf) -> str:
     data.update(teacher=str(teacher.model_ref), backend=teacher.backend,
                 url=str(teacher.model_ref) if teacher.backend == "openai" else None,
                 group=teacher.batch_size, leaf=json.dumps(leaf.data, sort_keys=True, default=str),
-                documents=[str(p) for p in leaf.documents], prompts=prompts, fewshot=LAYOUT_VERSION)
+                documents=None if content_keyed else documents_digest(leaf.documents), prompts=prompts,
+                fewshot=LAYOUT_VERSION)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -286,15 +292,17 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     from mlxlab.distributed import world
 
     # every rank keeps its own journal (no shared filesystem); rank 0's also holds what the others sent
-    journal = Journal(journal_path(out, leaf.name, world().rank), _fingerprint(cfg, teacher, leaf))
+    # few-shot knowledge is back-translated: the documents' passages are the answers, the teacher asks
+    back_translated = leaf.kind == "knowledge" and methods["prompt_style"] == "fewshot"
+    journal = Journal(journal_path(out, leaf.name, world().rank),
+                      _fingerprint(cfg, teacher, leaf, content_keyed=back_translated))
     if journal.restarted:
-        stats.notes.append("the leaf or the generation settings changed since the last run: started afresh")
+        stats.notes.append("the leaf, its documents or the generation settings changed since the last run: "
+                           "started afresh")
     run = _Run(teacher, cfg, leaf, journal, stats, display, share)
     seeds = split["train"]
     chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
     lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)
-    # few-shot knowledge is back-translated: the documents' passages are the answers, the teacher asks
-    back_translated = leaf.kind == "knowledge" and methods["prompt_style"] == "fewshot"
     if back_translated:
         from mlxlab.chunking import passages
 
@@ -338,13 +346,21 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     return samples, stats, {"chunks": [c.text for c in chunks], "sections": _sections(leaf) if cfg.document_qa else []}
 
 
+def documents_digest(documents) -> str:
+    """A hash of the documents' names and bytes."""
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(f"{Path(document).name}\0".encode())
+        digest.update(hashlib.sha256(Path(document).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
 def _taxonomy_digest(tax) -> str:
     """A hash of every leaf's content and documents: ranks must generate from the same taxonomy."""
     digest = hashlib.sha256()
     for leaf in tax.leaves:
         digest.update(json.dumps([leaf.name, leaf.data], sort_keys=True, default=str).encode())
-        for document in leaf.documents:
-            digest.update(Path(document).read_bytes())
+        digest.update(documents_digest(leaf.documents).encode())
     return digest.hexdigest()[:16]
 
 

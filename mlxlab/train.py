@@ -51,6 +51,7 @@ class TrainResult:
     stopped_early: int | None = None        # iteration where patience ran out
     world_size: int = 1                     # processes that trained together (mlx.launch); 1 for one process
     rank_tokens: list[int] | None = None    # tokens each rank trained on, in rank order
+    phases: list[dict] | None = None        # phased training: each phase's own result (its iterations from 1)
 
     def to_json(self) -> dict:
         """JSON-ready dict (paths as strings)."""
@@ -510,8 +511,10 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
                  config: TrainConfig | None = None, quiet: bool = False, **overrides) -> TrainResult:
     """Train phase after phase (each a dict with `data` and any TrainConfig keys); each starts from the last adapters.
 
-    Phase i writes to `output/phase_i`; the final adapters are also copied to `output`. With `resume=True`,
-    finished phases are skipped and the interrupted one resumes from its newest checkpoint.
+    Phase i writes to `output/phase_i`; the final adapters are also copied to `output`, with a combined
+    `result.json`, `train_log.jsonl` and `loss.png` whose iterations run on across the phases
+    (`combine_phases`). With `resume=True`, finished phases are skipped and the interrupted one resumes from
+    its newest checkpoint.
     """
     if not phases:
         raise MlxlabError("phases is empty", hint='give a list like [{"data": "phase1/", "num_epochs": 1}, ...]')
@@ -542,9 +545,42 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
         output.mkdir(parents=True, exist_ok=True)
         for name in ("adapters.safetensors", "adapter_config.json"):
             shutil.copy2(previous / name, output / name)
-    if result is None:  # every phase had finished before
-        result = _result_from_json(saved)
-    return dataclasses.replace(result, adapters=output)
+    return _result_from_json(from_main(lambda: combine_phases(output, len(phases)), "combining the phases"))
+
+
+def combine_phases(output: Path, count: int) -> dict:
+    """The result of phases 1..`count` under `output` as one training: writes `output/{result.json,
+    train_log.jsonl, loss.png}` and returns the result as JSON.
+
+    Iterations run on across phases (phase 2's iteration 1 follows phase 1's last), and every log row says its
+    phase. `best_iter` is the iteration of the adapters in `output`: a phase that kept its iteration 0 kept the
+    adapters it started from, those of the phase before.
+    """
+    from mlxlab.plots import plot_loss, read_log
+
+    output = Path(output)
+    phases = [json.loads((output / f"phase_{n}" / "result.json").read_text(encoding="utf-8"))
+              for n in range(1, count + 1)]
+    rows, found, offset, kept = [], {}, 0, 0
+    for number, phase in enumerate(phases, start=1):
+        folder = output / f"phase_{number}"
+        rows += [{**row, "iter": row["iter"] + offset, "phase": number} for row in read_log(folder / "train_log.jsonl")]
+        found.update({offset + i: str(path) for i, path in checkpoints(folder).items()})
+        ran = phase.get("stopped_early") or phase["num_iters"]
+        if phase.get("best_iter") != 0:
+            kept = offset + (ran if phase.get("best_iter") is None else phase["best_iter"])
+        offset += ran
+    log = output / "train_log.jsonl"
+    _write_atomic(log, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"))
+    plot = plot_loss(log, output / "loss.png", kept=kept)
+    last = phases[-1]
+    combined = {**last, "adapters": str(output), "checkpoints": found, "num_iters": offset,
+                "num_epochs": sum(p["num_epochs"] for p in phases), "log": str(log),
+                "loss_plot": str(plot) if plot else None, "best_iter": kept if last.get("best_iter") is not None
+                else None, "stopped_early": offset if last.get("stopped_early") else None,
+                "phases": [{k: v for k, v in p.items() if k != "phases"} for p in phases]}
+    _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(combined, indent=2), encoding="utf-8"))
+    return combined
 
 
 def read_phases(path: str | Path) -> list[dict]:

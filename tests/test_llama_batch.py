@@ -54,6 +54,43 @@ def test_tiny_ggufs_batched_equals_one_at_a_time_and_llama_cpp_python(tiny_ggufs
         single.close()
 
 
+def test_q8_0_teacher_copy_follows_the_model_folder_not_its_name(make_tiny_model, tmp_path, monkeypatch):
+    # `--teacher fused` in two projects: two models under one name
+    for project, seed in (("a", 1), ("b", 2)):
+        make_tiny_model("llama", tmp_path / project / "fused", seed=seed)
+    copies = {}
+    for project in ("a", "b"):
+        monkeypatch.chdir(tmp_path / project)
+        copies[project], note = teacher_gguf("fused")
+        assert "Q8_0 copy of fused" in note
+    assert copies["a"] != copies["b"] and copies["a"].read_bytes() != copies["b"].read_bytes()
+    assert teacher_gguf("fused")[0] == copies["b"]                      # unchanged: the cached copy is reused
+    # re-fused in place: the folder's files changed, so the copy is made again from the new weights
+    make_tiny_model("llama", tmp_path / "b" / "fused", seed=3)
+    again, _note = teacher_gguf("fused")
+    assert again not in copies.values() and again.read_bytes() != copies["b"].read_bytes()
+
+
+def test_model_identity_of_a_hugging_face_id_is_its_cached_snapshot(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from mlxlab.models import model_identity
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--owner--tiny"
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = model_identity("owner/tiny")
+    (repo / "refs" / "main").write_text("b" * 40)                   # a new revision in the cache
+    assert "a" * 40 in first and "b" * 40 in model_identity("owner/tiny")
+    assert model_identity("owner/not-cached") == "owner/not-cached"     # offline, nothing to resolve: the id
+    with pytest.raises(MlxlabError, match="no such file or directory"):    # a missing folder: a clear error
+        teacher_gguf(str(tmp_path / "fused"))
+
+
 @pytest.fixture(scope="module")
 def smollm2_teacher(smollm2_gguf):
     teacher = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=8, n_ctx=1024)

@@ -250,6 +250,27 @@ def test_run_on_knowledge_alone_trains_phase_1_and_says_phase_2_was_skipped(tiny
     assert ("  phase 2", figures["phase_2"]) in summary_rows(result)
 
 
+def test_phased_run_evaluates_the_trained_model_at_its_iteration_with_every_phase_in_the_curve(tiny_llama,
+                                                                                               tmp_path):
+    from tests.test_train import write_chat
+
+    data = tmp_path / "runs" / "p" / "data"
+    write_chat(data / "phase1", train=6, valid=2, seed=1)
+    write_chat(data, train=6, valid=2, seed=2)                   # the mix holds something new: two phases
+    shutil.copy(data / "valid.jsonl", data / "test.jsonl")
+    (tmp_path / "mlxlab.yaml").write_text(CONFIG)
+    result = run("p", runs_dir=tmp_path / "runs", model=tiny_llama, quiet=True, config_file=tmp_path / "mlxlab.yaml",
+                 stages=["train", "eval"], num_iters=3, train={"keep_best": False})
+    summary = json.loads((tmp_path / "runs" / "p" / "eval" / "summary.json").read_text())
+    assert summary["models"]["trained"]["iteration"] == 6 and summary["models"]["base"]["iteration"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "p" / "adapters" / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["phase"]) for r in rows if "loss" in r] == [(i, 1 + (i > 3)) for i in range(1, 7)]
+    figures = result.stages["train"]["figures"]
+    assert len(figures["phases"]) == 2 and figures["num_iters"] == 6
+    assert result.plots["eval_loss"].is_file() and result.plots["train_loss"].parent == tmp_path / "runs" / "p" / \
+        "adapters"
+
+
 def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(MlxlabError, match="did you mean 'num_iters'"):
         plan_run(runs_dir=tmp_path, config_file=None, num_iter=3)

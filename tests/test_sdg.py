@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -650,3 +651,152 @@ def test_shipped_evaluation_sets_are_valid_chat_data():
     seeds = [it["question"] for leaf in Taxonomy.load(ROOT / "taxonomy", fetch_documents=False).leaves
              for it in seed_items(leaf)]
     assert max(rouge_l(a, b) for a in questions(jolie) for b in seeds) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------- journal keys
+
+RED_PLANET = """\
+# Mars
+
+## Surface
+
+The surface of Mars is red because iron oxide dust covers its rocks, and Olympus Mons, the largest volcano of
+the solar system, rises far above the plains around it.
+
+## Atmosphere
+
+The atmosphere of Mars is thin and made mostly of carbon dioxide, so liquid water boils away quickly and the
+nights on the surface are extremely cold all year.
+
+## Moons
+
+Phobos and Deimos are the two small moons of Mars; both are irregular lumps of rock that may be asteroids
+captured long ago by the gravity of the planet.
+"""
+NEW_TOP = ("Mars is the fourth planet from the Sun, a cold desert world about half the size of Earth, and "
+           "probes have studied it from orbit since the nineteen sixties.")
+
+
+class EchoTeacher(FewshotTeacher):
+    """A scripted teacher that asks about exactly what it is shown: its question quotes the last words of the
+    passage (few-shot) or chunk (LAB) in its prompt, so a question paired with another text is caught."""
+
+    def __init__(self, backend: str = "scripted-small", batch_size: int = 4, concurrency: int = 1):
+        super().__init__()
+        self.backend, self.batch_size, self.concurrency = backend, batch_size, concurrency
+
+    @staticmethod
+    def ask(text: str, example: str = "") -> str:
+        return f"Why {' '.join(text.split()[-4:])}{example}?"
+
+    def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
+        from mlxlab.teacher import Completion
+
+        out = []
+        for text in texts:
+            self.prompts.append(text)
+            if "\nText:" in text:           # knowledge: the seed example shown, then the passage asked about
+                example = text.split("Mars context number ", 1)[1][0]
+                question = self.ask(text.rsplit("\nText: ", 1)[1].removesuffix("\nQ:"), f" (example {example})")
+            else:
+                question = "Write a haiku about a quiet library.\nA: Pages breathe in dust, whispers settle."
+            out.append(Completion(" " + question, 8, "stop"))
+        if progress:
+            progress(len(texts), 8 * len(texts))
+        return out
+
+    def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
+        from mlxlab.teacher import Completion
+
+        out = []
+        for messages in prompts:
+            user = messages[-1]["content"]
+            self.prompts.append(user)
+            chunk = user.split("[Start of Document]\n", 1)[-1].split("\n[End of Document]", 1)[0]
+            text = f"[Start of Question]\n{self.ask(chunk)}\n[End of Question]\n[Start of Answer]\nIt is.\n" \
+                   "[End of Answer]"
+            out.append([Completion(text, 8, "stop")])
+        if progress:
+            progress(len(prompts), 8 * len(prompts))
+        return out
+
+
+def _generated(out: Path, kind: str) -> list[dict]:
+    rows = [json.loads(x) for p in sorted((out / "generated").glob("*.jsonl")) for x in p.read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("style", ["fewshot", "lab"])
+def test_an_edited_document_never_pairs_old_questions_with_new_text(tmp_path, style):
+    from mlxlab import sdg
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    doc = tmp_path / "taxonomy-docs" / "mars.md"
+    doc.write_text(RED_PLANET)
+    settings = dict(output=tmp_path / "data", samples_per_seed=2, quiet=True, gates=False, scorer="none",
+                    allow_empty=True, prompt_style=style, chunk_tokens=40)
+    sdg.generate_data(tax, teacher=EchoTeacher(batch_size=1), **settings)
+    doc.write_text(RED_PLANET.replace("# Mars\n", f"# Mars\n\n{NEW_TOP}\n"))     # a paragraph at the top
+    teacher = EchoTeacher(batch_size=1)
+    result = sdg.generate_data(tax, teacher=teacher, **settings)
+    samples = _generated(tmp_path / "data", "knowledge")
+    grounding = "answer" if style == "fewshot" else "chunk"
+    assert samples and all(s["question"].startswith(EchoTeacher.ask(s[grounding])[:-1]) for s in samples)
+    if style == "fewshot":
+        # units are keyed by their passage: only the new paragraph is asked about, the others keep their questions
+        asked = [p for p in teacher.prompts if "\nText:" in p]
+        assert asked and all(NEW_TOP in p for p in asked)
+        assert any(NEW_TOP == s["answer"] for s in samples) and len({s["answer"] for s in samples}) == 4
+    else:
+        # units are keyed by chunk position: a changed document starts the leaf afresh, and says so
+        report = json.loads(result.report.read_text())
+        notes = next(leaf["notes"] for leaf in report["leaves"] if leaf["kind"] == "knowledge")
+        assert any("its documents" in note and "started afresh" in note for note in notes)
+
+
+@pytest.mark.parametrize("small, large", [
+    (dict(backend="openai", concurrency=1), dict(backend="openai", concurrency=4)),    # group: concurrency x 2
+    (dict(backend="llama-cpp", batch_size=1), dict(backend="llama-cpp", batch_size=5))])  # group: the batch
+def test_fewshot_prompts_do_not_depend_on_batch_or_fleet_size(tmp_path, small, large):
+    from mlxlab import sdg
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    (tmp_path / "taxonomy-docs" / "mars.md").write_text(RED_PLANET.replace("# Mars\n", f"# Mars\n\n{NEW_TOP}\n"))
+    settings = dict(samples_per_seed=3, quiet=True, gates=False, scorer="none", allow_empty=True)
+    small, large = EchoTeacher(**small), EchoTeacher(**large)
+    sdg.generate_data(tax, teacher=small, output=tmp_path / "a", **settings)
+    sdg.generate_data(tax, teacher=large, output=tmp_path / "b", **settings)
+    assert sorted(small.prompts) == sorted(large.prompts)
+    assert _final(tmp_path / "a")["files"] == _final(tmp_path / "b")["files"]
+    asked = [p for p in small.prompts if "\nText:" in p]
+    assert len({p.split("Mars context number ", 1)[1][0] for p in asked}) > 1     # the examples still vary
+    if large.backend == "openai":
+        # an OpenAI fleet's size is not part of the journal's fingerprint: what a fleet of another size resumes
+        # is what it would have written itself
+        again = EchoTeacher("openai", concurrency=4)
+        sdg.generate_data(tax, teacher=again, output=tmp_path / "a", **settings)
+        assert again.prompts == [] and _final(tmp_path / "a")["files"] == _final(tmp_path / "b")["files"]
+
+
+@pytest.mark.slow
+def test_an_edited_document_with_the_embedded_teacher_asks_only_about_its_new_passage(smollm2_dir, tmp_path):
+    from mlxlab.chunking import passages
+    from mlxlab.fewshot import passage_keys
+    from mlxlab.sdg import generate_data
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    shutil.rmtree(tax / "compositional_skills")
+    doc = tmp_path / "taxonomy-docs" / "mars.md"
+    doc.write_text(RED_PLANET)
+    settings = dict(output=tmp_path / "data", samples_per_seed=1, max_tokens=24, batch_size=1, allow_empty=True,
+                    quiet=True, seed=1)
+    generate_data(tax, **settings)
+    journal = tmp_path / "data" / ".journal" / "knowledge__astronomy__mars.jsonl"
+    before = journal.read_text().splitlines()
+    doc.write_text(RED_PLANET.replace("# Mars\n", f"# Mars\n\n{NEW_TOP}\n"))
+    generate_data(tax, **settings)
+    added = [json.loads(line)["unit"] for line in journal.read_text().splitlines()[len(before):]]
+    (new_key, _passage), = [(k, p) for k, p in passage_keys(passages([doc])) if p["text"] == NEW_TOP]
+    assert added == [f"questions/{new_key}/0"]            # the three unchanged passages kept their questions
+    keys = {p["text"]: key for key, p in passage_keys(passages([doc]))}
+    assert all(s["unit"].split("/")[0] == keys[s["answer"]] for s in _generated(tmp_path / "data", "knowledge"))

@@ -223,10 +223,45 @@ def test_phases_chain(tiny_llama, chat_data, tmp_path):
     first = [r["loss"] for r in _log(tmp_path / "run" / "phase_1" / "train_log.jsonl") if "loss" in r]
     second = [r["loss"] for r in _log(tmp_path / "run" / "phase_2" / "train_log.jsonl") if "loss" in r]
     assert second[0] < first[0]
+    # one training as a whole: iterations run on across phases, every log row says its phase
+    ran = [len(first), len(second)]
+    assert result.num_iters == sum(ran) and [p["num_iters"] for p in result.phases] == ran
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["num_iters"] == sum(ran) and len(saved["phases"]) == 2
+    rows = [r for r in _log(tmp_path / "run" / "train_log.jsonl") if "loss" in r]
+    assert [r["iter"] for r in rows] == list(range(1, sum(ran) + 1))
+    assert [r["phase"] for r in rows] == [1] * ran[0] + [2] * ran[1] and rows[-1]["loss"] == second[-1]
+    assert result.log == tmp_path / "run" / "train_log.jsonl" and (tmp_path / "run" / "loss.png").is_file()
     again = train(tiny_llama, None, tmp_path / "run", quiet=True, resume=True, batch_size=4, phases=[
         {"data": chat_data, "num_epochs": 2, "learning_rate": 2e-3}, {"data": phase2, "num_iters": 2,
                                                                       "learning_rate": 0.0}])
-    assert again.num_iters == 2
+    assert again.num_iters == sum(ran) and again.phases == result.phases
+
+
+def test_combined_phases_name_the_kept_iteration(tmp_path):
+    from mlxlab.train import combine_phases
+
+    def phase(number: int, num_iters: int, best_iter: int | None, stopped: int | None = None) -> None:
+        folder = tmp_path / f"phase_{number}"
+        folder.mkdir()
+        rows = [{"iter": 0, "val_loss": 3.0}] + [{"iter": i, "loss": 3.0 - i / 10} for i in range(1, num_iters + 1)]
+        (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:(stopped or 99) + 1]))
+        (folder / "result.json").write_text(json.dumps({
+            "adapters": str(folder), "checkpoints": {}, "final_loss": 1.0, "val_loss": 2.0, "tokens_per_second": 1.0,
+            "peak_memory_gb": 0.1, "padding_fraction": 0.0, "num_iters": num_iters, "num_epochs": 1.0,
+            "truncated": 0, "dropped": 0, "log": str(folder / "train_log.jsonl"), "loss_plot": None,
+            "best_iter": best_iter, "stopped_early": stopped}))
+
+    phase(1, 10, 6, stopped=8)          # stopped at 8, kept 6
+    phase(2, 5, 0)                      # kept its iteration 0: phase 1's adapters
+    combined = combine_phases(tmp_path, 2)
+    assert combined["num_iters"] == 8 + 5 and combined["best_iter"] == 6 and combined["num_epochs"] == 2.0
+    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["phase"]) for r in rows if "val_loss" in r] == [(0, 1), (8, 2)]
+    assert json.loads((tmp_path / "result.json").read_text())["best_iter"] == 6
+    (tmp_path / "phase_2" / "result.json").write_text(
+        (tmp_path / "phase_2" / "result.json").read_text().replace('"best_iter": 0', '"best_iter": 3'))
+    assert combine_phases(tmp_path, 2)["best_iter"] == 8 + 3
 
 
 def test_bad_data_is_reported_clearly(tiny_llama, tmp_path):
