@@ -86,22 +86,40 @@ def llama_cpp_logits(gguf: Path, prompts: list[str], out: Path) -> list[tuple[li
     return [([int(t) for t in data[f"ids{i}"]], data[f"logits{i}"]) for i in range(len(prompts))]
 
 
+@pytest.fixture(scope="module")
+def short_references(gemma3_gguf, tmp_path_factory) -> list[tuple[list[int], np.ndarray]]:
+    return llama_cpp_logits(gemma3_gguf, SHORT, tmp_path_factory.mktemp("gemma3-logits") / "short.npz")
+
+
 @pytest.mark.slow
-def test_real_gemma3_first_position_matches_llama_cpp_as_mlx_lm_loads_it(gemma3_gguf, gemma3_dir, tmp_path):
-    """Short prompts, BOS included, with the import loaded by plain mlx-lm (which computes in the dtype of the
-    files): Gemma's BOS residual (~67,000) overflows float16, so float16 scales made position 0's top-1 wrong."""
+@pytest.mark.parametrize("loaded_as", ["plain mlx-lm", "mlxlab on Metal/CUDA"])
+def test_real_gemma3_first_position_matches_llama_cpp(gemma3_dir, short_references, loaded_as, monkeypatch):
+    """Short prompts, BOS included. Gemma's residual at BOS (~67,000) overflows float16: float16 scales in the
+    import (plain mlx-lm computes in their dtype) and the float16 policy of Metal/CUDA got position 0's top-1 wrong."""
     import mlx.core as mx
     from mlx_lm import load
 
-    model, tokenizer = load(str(gemma3_dir))
+    from mlxlab import device
+    from mlxlab.models import load_model
+
+    if loaded_as == "plain mlx-lm":
+        model, tokenizer = load(str(gemma3_dir))
+    else:
+        monkeypatch.delenv(device.DTYPE_ENV, raising=False)
+        monkeypatch.setattr(device, "current_device", lambda: "gpu")     # the policy a GPU gets, on this CPU
+        # dense: MLX's CPU quantized matmul in bfloat16 is this CPU's own weakness (top-1 60% here, dense 95%)
+        monkeypatch.setenv(device.DEQUANTIZE_ENV, "always")
+        model, tokenizer = load_model(gemma3_dir)
     first, rest = [], []
-    for text, (ids, theirs) in zip(SHORT, llama_cpp_logits(gemma3_gguf, SHORT, tmp_path / "logits.npz")):
+    for text, (ids, theirs) in zip(SHORT, short_references):
         assert tokenizer.encode(text) == ids and ids[0] == tokenizer.bos_token_id and ids[1] != ids[0]  # one BOS
         ours = np.array(model(mx.array([ids]))[0].astype(mx.float32))
-        first.append((ours[0].argmax() == theirs[0].argmax(), np.abs(ours[0] - theirs[0]).mean()))
+        # BOS alone has a near-tie at the top (llama.cpp: 14.52, 14.37, 14.20): bfloat16 may swap the first two, so
+        # ask that our top-1 is within 0.3 of llama.cpp's best there (float16 was 0.63 below it, mean |Δ| 4.9)
+        first.append((theirs[0].max() - theirs[0][ours[0].argmax()], np.abs(ours[0] - theirs[0]).mean()))
         rest += [(a == b, d) for a, b, d in zip(ours[1:].argmax(-1), theirs[1:].argmax(-1),
                                                 np.abs(ours[1:] - theirs[1:]).mean(-1))]
-    assert all(same for same, _ in first) and max(diff for _, diff in first) < 0.5, first
+    assert max(below for below, _ in first) < 0.3 and max(diff for _, diff in first) < 0.5, first
     assert np.mean([same for same, _ in rest]) >= 0.85 and np.mean([diff for _, diff in rest]) < 0.6, rest
 
 
