@@ -45,6 +45,8 @@ _ARCHS = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCa
 # (scales, biases, F16 tensors; mlx-lm computes in their dtype) is bfloat16, as Google ships Gemma: in float16, the
 # imported gemma-3-270m got BOS's top-1 wrong in 4 of 4 short prompts (mean |Δlogit| 5.0 against llama.cpp)
 _BFLOAT16_ARCHS = {"gemma2", "gemma3"}
+# layer count by which llama.cpp's loader recognises a 27B Gemma (llama-model.cpp, load_hparams)
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # GGUF tensors that are no weights of mlx-lm's model: folded into config.json (or not needed)
 _CONFIG_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 
@@ -227,8 +229,7 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
         if "rope_factors_long.weight" in gguf_tensors:
             config["rope_scaling"] = {"type": "longrope"}        # factors filled in from the tensors
     if arch in ("gemma2", "gemma3"):
-        # llama.cpp scales queries by 1/sqrt(head_dim) for these (the 27B models excepted, as in mlx-lm's config)
-        config["query_pre_attn_scalar"] = head_dim
+        config["query_pre_attn_scalar"] = _query_pre_attn_scalar(arch, config)
         config["sliding_window"] = int(meta.get(f"{arch}.attention.sliding_window", 4096))
     if arch == "gemma2":
         config["attn_logit_softcapping"] = float(meta.get(f"{arch}.attn_logit_softcapping", 50.0))
@@ -241,6 +242,18 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
     if eos is not None:
         config["eos_token_id"] = int(eos)
     return config
+
+
+def _query_pre_attn_scalar(arch: str, config: dict) -> int:
+    """The Gemma 2/3 query scale's denominator (queries are scaled by 1/sqrt of it), as llama.cpp chooses it.
+
+    A GGUF has no key for it: llama.cpp names the model size by its layer count and gives the 27B models
+    1/sqrt(hidden / heads) (Google's reference; HF configs say 144 for gemma-2-27b, 168 for gemma-3-27b) and
+    every other size 1/sqrt(head_dim), even where the two differ (gemma-3-1b: 288 vs 256).
+    """
+    if int(config["num_hidden_layers"]) == _GEMMA_27B_LAYERS[arch]:
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return int(config["head_dim"])
 
 
 def _quantization_config(weights: dict) -> dict | None:

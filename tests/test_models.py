@@ -294,6 +294,30 @@ def test_unsupported_gguf_gives_a_clear_error(tmp_path, arch, tokenizer_model, m
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["x.gguf"]
 
 
+# llama.cpp scales a Gemma's queries by 1/sqrt(hidden / heads) for the 27B models, which it knows by their layer count
+# (gemma2: 46, gemma3: 62), and by 1/sqrt(head_dim) for every other size; tiny models of those depths whose head_dim
+# (32) is not hidden / heads (16) tell the two apart without a 27B download
+@pytest.mark.parametrize("model_type, layers, scalar", [("gemma2", 46, 16), ("gemma3_text", 62, 16),
+                                                        ("gemma2", 2, 32), ("gemma3_text", 6, 32)])
+def test_gemma_query_scale_follows_llama_cpp_by_model_size(make_tiny_model, tmp_path, model_type, layers, scalar):
+    from mlx_lm import load
+
+    from mlxlab.gguf_export import export_gguf, verify_gguf
+
+    source = make_tiny_model(model_type, tmp_path / "source", num_hidden_layers=layers, head_dim=32,
+                             query_pre_attn_scalar=scalar)
+    gguf = export_gguf(source, tmp_path / "tiny.gguf", out_type="f32", verify=False).path
+    # llama.cpp on the file agrees with the source scaled by 1/sqrt(scalar) (measured: top-1 >= 82%, max |Δ| <= 1.5;
+    # with the other scale top-1 <= 54%, max |Δ| >= 4.6; 62 random layers amplify small differences)
+    report = verify_gguf(gguf, source, out_type="f32", check=False)
+    assert report["top1_agreement"] >= 0.75 and report["max_abs_logit_diff"] < 3.0, report
+    result = import_gguf(gguf, tmp_path / "imported")
+    assert json.loads((result.path / "config.json").read_text())["query_pre_attn_scalar"] == scalar
+    (ref_model, tok), (model, _) = load(str(source)), load(str(result.path))
+    ids = tok.encode("A Jolie service listens on an input port: 8000", add_special_tokens=False)
+    np.testing.assert_allclose(_mlx_logits(model, ids), _mlx_logits(ref_model, ids), atol=1e-4)
+
+
 # --- resolve_model --------------------------------------------------------------------------------
 
 def test_resolve_embedded_gguf_and_dir(smollm2_dir, smollm2_gguf):
