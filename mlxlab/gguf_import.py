@@ -65,6 +65,12 @@ _PRE_TOKENIZERS = {
     **dict.fromkeys(["qwen2", "stablelm2", "deepseek-r1-qwen"], [_QWEN2_RE]),
 }
 
+# What llama.cpp assumes where a GGUF lacks a tokenizer key (llama-vocab.cpp, load): a SentencePiece ("llama")
+# vocabulary has <unk> 0, <s> 1, </s> 2 and adds <s>; of the byte-level BPE pre-tokenizers above, the Llama 3 ones
+# add BOS, and take a word that is a token whole before any merge ("ignore_merges", as HF's Llama 3 tokenizer.json)
+_SPM_SPECIAL_IDS = {"unknown": 0, "bos": 1, "eos": 2}
+_LLAMA3_PRE = {"llama-bpe", "llama3"}
+
 
 @dataclass(frozen=True)
 class Converted:
@@ -178,6 +184,27 @@ def _meta(meta: dict, key: str, default=None, *, path: Path | None = None):
                       hint="the file may come from an old or unusual converter; re-convert it with llama.cpp")
 
 
+def _special_token_id(meta: dict, key: str) -> int | None:
+    """`tokenizer.ggml.{key}_token_id` (key: bos, eos, unknown, padding) as llama.cpp reads it: the GGUF's id if it
+    names a token, else llama.cpp's default for the tokenizer model (SentencePiece: unknown 0, bos 1, eos 2)."""
+    n_tokens = len(meta.get("tokenizer.ggml.tokens", ()))
+    default = _SPM_SPECIAL_IDS.get(key) if meta.get("tokenizer.ggml.model") == "llama" else None
+    value = meta.get(f"tokenizer.ggml.{key}_token_id")
+    if value is not None and 0 <= int(value) < n_tokens:
+        return int(value)
+    return default if default is not None and default < n_tokens else None
+
+
+def _adds_bos(meta: dict) -> bool:
+    """Whether llama.cpp puts BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its default, which is
+    yes for SentencePiece and for the Llama-3-style BPE pre-tokenizers, no for other BPE."""
+    if "tokenizer.ggml.add_bos_token" in meta:
+        return bool(meta["tokenizer.ggml.add_bos_token"])
+    if meta.get("tokenizer.ggml.model") == "llama":
+        return True
+    return meta.get("tokenizer.ggml.pre") in _LLAMA3_PRE
+
+
 def _architecture(meta: dict, path: Path) -> str:
     """The GGUF's architecture, if import supports it; else an MlxlabError."""
     arch = meta.get("general.architecture")
@@ -201,7 +228,7 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
     if rope_dim != head_dim and arch != "phi3":
         raise MlxlabError(f"partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported for {arch}",
                           path=path)
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    bos, eos = _special_token_id(meta, "bos"), _special_token_id(meta, "eos")
     context = int(meta.get(f"{arch}.context_length", 2048))
     config = {
         "architectures": [hf_arch],
@@ -238,9 +265,9 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
         config["sliding_window_pattern"] = 6          # llama.cpp's fixed 5 local : 1 global layout
         config["rope_local_base_freq"] = 10000.0
     if bos is not None:
-        config["bos_token_id"] = int(bos)
+        config["bos_token_id"] = bos
     if eos is not None:
-        config["eos_token_id"] = int(eos)
+        config["eos_token_id"] = eos
     return config
 
 
@@ -338,9 +365,9 @@ def _sentencepiece(meta: dict, tokens: list[str], types: list[int], vocab: dict[
         splits = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
         merges += [(-score, vocab[a], vocab[b], a, b) for a, b in splits]
     merges.sort()
-    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = _special_token_id(meta, "unknown")
     model = models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], byte_fallback=True, fuse_unk=True,
-                       unk_token=tokens[int(unk)] if unk is not None else None)
+                       unk_token=tokens[unk] if unk is not None else None)
     tokenizer = Tokenizer(model)
     steps = [normalizers.Prepend("▁")] if meta.get("tokenizer.ggml.add_space_prefix", True) else []
     tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
@@ -383,16 +410,16 @@ def sentencepiece_model(meta: dict, tokens: list[str], types: list[int]) -> byte
     scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
     pieces = b"".join(_field(1, _field(1, t) + _field(2, float(sc)) + _field(3, ty if 1 <= ty <= 6 else 1))
                       for t, sc, ty in zip(tokens, scores, types))
-    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("unknown", "bos", "eos", "padding")}
+    ids = {key: _special_token_id(meta, key) for key in ("unknown", "bos", "eos", "padding")}
     # model_type BPE, whitespace-only pieces allowed (llama.cpp merges runs of "▁"), byte fallback; the special
     # tokens by id and by piece (SentencePiece finds bos/eos/unk/pad by their piece text)
     trainer = _field(3, 2) + _field(4, len(tokens)) + _field(26, True) + _field(35, True)
     for (id_field, piece_field), key in (((40, 45), "unknown"), ((41, 46), "bos"), ((42, 47), "eos"),
                                          ((43, 48), "padding")):
         idx = ids[key]
-        trainer += _field(id_field, -1 if idx is None else int(idx))
-        if idx is not None and 0 <= int(idx) < len(tokens):
-            trainer += _field(piece_field, tokens[int(idx)])
+        trainer += _field(id_field, -1 if idx is None else idx)
+        if idx is not None:
+            trainer += _field(piece_field, tokens[idx])
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     normalizer = _field(1, "identity") + _field(3, prefix) + _field(4, False) + _field(5, True)
     return pieces + _field(2, trainer) + _field(3, normalizer)
@@ -417,8 +444,8 @@ def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
         (dest / "tokenizer.model").write_bytes(sentencepiece_model(meta, tokens, types))
     else:
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
         pre = meta.get("tokenizer.ggml.pre", "default")
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=pre in _LLAMA3_PRE))
         regexes = _PRE_TOKENIZERS.get(pre)
         if regexes is None:
             raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
@@ -434,11 +461,11 @@ def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
                           for i, t in enumerate(types) if t == 4])
 
     def token(key: str) -> str | None:
-        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+        idx = _special_token_id(meta, key)
+        return None if idx is None else tokens[idx]
 
     bos, eos, unk, pad = token("bos"), token("eos"), token("unknown"), token("padding")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_bos = _adds_bos(meta) and bos is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
     single = (["$A:0"] if not add_bos else [bos, "$A:0"]) + ([eos] if add_eos else [])
     pair = single + ["$B:1"] + ([eos] if add_eos else [])

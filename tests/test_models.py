@@ -282,6 +282,88 @@ def _write_gguf(path: Path, arch: str, tokenizer_model: str) -> Path:
     return path
 
 
+_SPM_PIECES = ["▁t", "th", "he", "in", "er", "an", "▁a", "at", "on", "en", "▁th", "▁the", "▁in", "▁an", "▁and",
+               "▁s", "▁c", "▁m", "▁o", "nd", "▁on", "▁e", "▁en", "▁end"]
+
+
+def _write_tiny_gguf(path: Path, tokenizer_model: str, *, add_bos: bool | None, special_ids: bool = True) -> Path:
+    """A complete tiny llama GGUF (1 layer, random f32 weights) with a small real vocabulary: SentencePiece ("llama":
+    <unk>, <s>, </s>, the 256 byte pieces, characters, a few merges) or byte-level BPE ("gpt2", pre-tokenizer
+    "llama-bpe": the 256 byte characters, <s>, </s> and the same merges); `tokenizer.ggml.add_bos_token` only if
+    given, the special token ids only with `special_ids`."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    if tokenizer_model == "llama":
+        chars = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-▁"]
+        tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *chars, *_SPM_PIECES]
+        types = [2, 3, 3, *[6] * 256, *[1] * (len(chars) + len(_SPM_PIECES))]
+    else:
+        pieces = [p.replace("▁", "Ġ") for p in _SPM_PIECES]
+        tokens = ["<unk>", "<s>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), *pieces]
+        types = [2, 3, 3, *[1] * (len(tokens) - 3)]
+    n_chars = len(tokens) - 3 - len(_SPM_PIECES)
+    scores = [0.0] * 3 + [-1000.0 - i for i in range(n_chars)] + [-float(i) for i in range(len(_SPM_PIECES))]
+    hidden, ff, vocab = 32, 64, len(tokens)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model(tokenizer_model)
+    if tokenizer_model == "gpt2":
+        writer.add_tokenizer_pre("llama-bpe")
+        # each piece merges from its longest prefix that is a token and the rest (single byte characters or pieces)
+        vocab_set = set(tokens)
+        writer.add_token_merges([next(f"{p[:i]} {p[i:]}" for i in range(len(p) - 1, 0, -1)
+                                      if p[:i] in vocab_set and p[i:] in vocab_set) for p in pieces])
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    if special_ids:
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
+              "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
+              **{f"blk.0.attn_{x}.weight": (hidden, hidden) for x in ("q", "k", "v", "output")},
+              "blk.0.ffn_gate.weight": (ff, hidden), "blk.0.ffn_up.weight": (ff, hidden),
+              "blk.0.ffn_down.weight": (hidden, ff)}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (np.ones(shape) if len(shape) == 1 else rng.normal(0, 0.2, shape)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("tokenizer_model, add_bos, special_ids", [
+    ("llama", None, True), ("llama", None, False), ("llama", True, True), ("llama", False, True),
+    ("gpt2", None, True), ("gpt2", False, True)])
+def test_gguf_without_add_bos_tokenizes_as_llama_cpp(tmp_path, tokenizer_model, add_bos, special_ids):
+    """llama.cpp adds BOS for a SentencePiece vocabulary (and a Llama 3 BPE one) unless the GGUF says not to, takes
+    <unk> 0, <s> 1 and </s> 2 where a SentencePiece GGUF names none, and takes a Llama 3 BPE word that is a token
+    whole (" end", where merging " e"+"n" would lose to "e"+"n"): so does the import."""
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf", tokenizer_model, add_bos=add_bos, special_ids=special_ids)
+    imported = import_gguf(path, tmp_path / "imported").path
+    _, tokenizer = load_model(imported)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<s>", "</s>")
+    assert json.loads((imported / "config.json").read_text())["eos_token_id"] == 2
+    vocab = _llama(path, vocab_only=True)
+    for text in ["the cat sat on the mat, and then in the end.", "Héllo 42!", "  two  spaces"]:
+        ids = vocab.tokenize(text.encode())                 # BOS as the GGUF (or llama.cpp's default) says
+        assert (ids[0] == 1) == (add_bos is not False) and ids.count(1) <= 1, ids
+        assert tokenizer.encode(text) == ids, text
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
 @pytest.mark.parametrize("arch, tokenizer_model, message", [
     ("falcon", "gpt2", "architecture 'falcon' is not supported"),
     ("llama", "bert", "tokenizer model 'bert' is not supported"),
