@@ -31,6 +31,8 @@ from mlxlab.device import import_mlx
 from mlxlab.errors import MlxlabError
 
 GROUP_SIZE = 32
+# bumped whenever the same GGUF would convert differently, so that cached imports are redone (mlxlab.models)
+CONVERTER_VERSION = 2          # 2: Gemma in bfloat16, llama.cpp's query scale and tokenizer defaults
 _MLX_NATIVE = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}   # what mx.load reads without loss
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 

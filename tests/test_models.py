@@ -222,6 +222,10 @@ def test_import_is_cached_and_force_reimports(tiny_llama, tmp_path):
     before = (out / "model.safetensors").stat().st_ino
     forced = import_gguf(gguf_file, out, force=True)
     assert not forced.cached and (out / "model.safetensors").stat().st_ino != before
+    # an import made by an older converter is redone, not reused
+    marker = out / "mlxlab_import.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "converter": 1}))
+    assert not import_gguf(gguf_file, out).cached and json.loads(marker.read_text())["converter"] > 1
     # no temp/old dirs left (the export's Modelfile sits next to its GGUF)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "tiny.Modelfile", "tiny.gguf"]
 
