@@ -296,11 +296,17 @@ def should_dequantize(model, dequantize_on_load: str | None = None) -> bool:
     return _float32_bytes(model) <= limit
 
 
+# mlx-lm model types whose activations leave float16's range (Gemma's residual at BOS: ~67,000 in gemma-3-270m, which
+# cost position 0 its top-1 in float16): where the policy says float16, these compute in bfloat16, as Google ships them
+_BFLOAT16_MODEL_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+
+
 def apply_dtype(model, dtype: str | None = None, *, dequantize_on_load: str | None = None):
     """Put `model` in the device's compute precision, in place; returns it.
 
-    Float weights and quantization scales/biases are cast to the policy dtype (lossless upward);
-    quantized weights stay packed unless `should_dequantize` says the float copy is faster here.
+    Float weights and quantization scales/biases are cast to the policy dtype (lossless upward; a Gemma gets
+    bfloat16 where the policy says float16); quantized weights stay packed unless `should_dequantize` says the
+    float copy is faster here.
     """
     mx = import_mlx()
     from mlx.utils import tree_flatten, tree_unflatten
@@ -310,6 +316,9 @@ def apply_dtype(model, dtype: str | None = None, *, dequantize_on_load: str | No
 
         dequantize_model(model)
     target = model_dtype(dtype)
+    auto = (dtype or os.environ.get(DTYPE_ENV) or "auto").lower() == "auto"
+    if auto and target == mx.float16 and getattr(model, "model_type", None) in _BFLOAT16_MODEL_TYPES:
+        target = mx.bfloat16
     params = tree_flatten(model.parameters())
     cast = [(k, v.astype(target)) for k, v in params
             if mx.issubdtype(v.dtype, mx.floating) and v.dtype != target]

@@ -31,6 +31,8 @@ from mlxlab.device import import_mlx
 from mlxlab.errors import MlxlabError
 
 GROUP_SIZE = 32
+# bumped whenever the same GGUF would convert differently, so that cached imports are redone (mlxlab.models)
+CONVERTER_VERSION = 2          # 2: no float16 in Gemma, llama.cpp's query scale and tokenizer defaults
 _MLX_NATIVE = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}   # what mx.load reads without loss
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
@@ -41,6 +43,13 @@ _SUFFIXES = {"weight", "scales", "biases", "bias"}
 _ARCHS = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
           "qwen3": ("qwen3", "Qwen3ForCausalLM"), "phi3": ("phi3", "Phi3ForCausalLM"),
           "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+# Gemma's residual stream leaves float16's range (gemma-3-270m at BOS: 67,000 > 65,504), so what would be float16
+# (scales, biases, F16 tensors; mlx-lm computes in their dtype) is float32: in float16 the imported gemma-3-270m got
+# BOS's top-1 wrong (mean |Δlogit| 4.9 against llama.cpp); bfloat16 is safe too but its scales and biases cost
+# fidelity (mean |Δlogit| against llama.cpp 0.33 instead of 0.27 over 284 positions)
+_FLOAT32_ARCHS = {"gemma2", "gemma3"}
+# layer count by which llama.cpp's loader recognises a 27B Gemma (llama-model.cpp, load_hparams)
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # GGUF tensors that are no weights of mlx-lm's model: folded into config.json (or not needed)
 _CONFIG_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 
@@ -58,6 +67,12 @@ _PRE_TOKENIZERS = {
     **dict.fromkeys(["llama-bpe", "llama3", "dbrx", "smaug-bpe"], [_LLAMA3_RE]),
     **dict.fromkeys(["qwen2", "stablelm2", "deepseek-r1-qwen"], [_QWEN2_RE]),
 }
+
+# What llama.cpp assumes where a GGUF lacks a tokenizer key (llama-vocab.cpp, load): a SentencePiece ("llama")
+# vocabulary has <unk> 0, <s> 1, </s> 2 and adds <s>; of the byte-level BPE pre-tokenizers above, the Llama 3 ones
+# add BOS, and take a word that is a token whole before any merge ("ignore_merges", as HF's Llama 3 tokenizer.json)
+_SPM_SPECIAL_IDS = {"unknown": 0, "bos": 1, "eos": 2}
+_LLAMA3_PRE = {"llama-bpe", "llama3"}
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,27 @@ def _meta(meta: dict, key: str, default=None, *, path: Path | None = None):
                       hint="the file may come from an old or unusual converter; re-convert it with llama.cpp")
 
 
+def _special_token_id(meta: dict, key: str) -> int | None:
+    """`tokenizer.ggml.{key}_token_id` (key: bos, eos, unknown, padding) as llama.cpp reads it: the GGUF's id if it
+    names a token, else llama.cpp's default for the tokenizer model (SentencePiece: unknown 0, bos 1, eos 2)."""
+    n_tokens = len(meta.get("tokenizer.ggml.tokens", ()))
+    default = _SPM_SPECIAL_IDS.get(key) if meta.get("tokenizer.ggml.model") == "llama" else None
+    value = meta.get(f"tokenizer.ggml.{key}_token_id")
+    if value is not None and 0 <= int(value) < n_tokens:
+        return int(value)
+    return default if default is not None and default < n_tokens else None
+
+
+def _adds_bos(meta: dict) -> bool:
+    """Whether llama.cpp puts BOS in front of a text: `tokenizer.ggml.add_bos_token`, else its default, which is
+    yes for SentencePiece and for the Llama-3-style BPE pre-tokenizers, no for other BPE."""
+    if "tokenizer.ggml.add_bos_token" in meta:
+        return bool(meta["tokenizer.ggml.add_bos_token"])
+    if meta.get("tokenizer.ggml.model") == "llama":
+        return True
+    return meta.get("tokenizer.ggml.pre") in _LLAMA3_PRE
+
+
 def _architecture(meta: dict, path: Path) -> str:
     """The GGUF's architecture, if import supports it; else an MlxlabError."""
     arch = meta.get("general.architecture")
@@ -195,7 +231,7 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
     if rope_dim != head_dim and arch != "phi3":
         raise MlxlabError(f"partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported for {arch}",
                           path=path)
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    bos, eos = _special_token_id(meta, "bos"), _special_token_id(meta, "eos")
     context = int(meta.get(f"{arch}.context_length", 2048))
     config = {
         "architectures": [hf_arch],
@@ -223,8 +259,7 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
         if "rope_factors_long.weight" in gguf_tensors:
             config["rope_scaling"] = {"type": "longrope"}        # factors filled in from the tensors
     if arch in ("gemma2", "gemma3"):
-        # llama.cpp scales queries by 1/sqrt(head_dim) for these (the 27B models excepted, as in mlx-lm's config)
-        config["query_pre_attn_scalar"] = head_dim
+        config["query_pre_attn_scalar"] = _query_pre_attn_scalar(arch, config)
         config["sliding_window"] = int(meta.get(f"{arch}.attention.sliding_window", 4096))
     if arch == "gemma2":
         config["attn_logit_softcapping"] = float(meta.get(f"{arch}.attn_logit_softcapping", 50.0))
@@ -233,10 +268,22 @@ def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
         config["sliding_window_pattern"] = 6          # llama.cpp's fixed 5 local : 1 global layout
         config["rope_local_base_freq"] = 10000.0
     if bos is not None:
-        config["bos_token_id"] = int(bos)
+        config["bos_token_id"] = bos
     if eos is not None:
-        config["eos_token_id"] = int(eos)
+        config["eos_token_id"] = eos
     return config
+
+
+def _query_pre_attn_scalar(arch: str, config: dict) -> int:
+    """The Gemma 2/3 query scale's denominator (queries are scaled by 1/sqrt of it), as llama.cpp chooses it.
+
+    A GGUF has no key for it: llama.cpp names the model size by its layer count and gives the 27B models
+    1/sqrt(hidden / heads) (Google's reference; HF configs say 144 for gemma-2-27b, 168 for gemma-3-27b) and
+    every other size 1/sqrt(head_dim), even where the two differ (gemma-3-1b: 288 vs 256).
+    """
+    if int(config["num_hidden_layers"]) == _GEMMA_27B_LAYERS[arch]:
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return int(config["head_dim"])
 
 
 def _quantization_config(weights: dict) -> dict | None:
@@ -321,9 +368,9 @@ def _sentencepiece(meta: dict, tokens: list[str], types: list[int], vocab: dict[
         splits = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
         merges += [(-score, vocab[a], vocab[b], a, b) for a, b in splits]
     merges.sort()
-    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = _special_token_id(meta, "unknown")
     model = models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], byte_fallback=True, fuse_unk=True,
-                       unk_token=tokens[int(unk)] if unk is not None else None)
+                       unk_token=tokens[unk] if unk is not None else None)
     tokenizer = Tokenizer(model)
     steps = [normalizers.Prepend("▁")] if meta.get("tokenizer.ggml.add_space_prefix", True) else []
     tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
@@ -366,16 +413,16 @@ def sentencepiece_model(meta: dict, tokens: list[str], types: list[int]) -> byte
     scores = list(meta.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
     pieces = b"".join(_field(1, _field(1, t) + _field(2, float(sc)) + _field(3, ty if 1 <= ty <= 6 else 1))
                       for t, sc, ty in zip(tokens, scores, types))
-    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("unknown", "bos", "eos", "padding")}
+    ids = {key: _special_token_id(meta, key) for key in ("unknown", "bos", "eos", "padding")}
     # model_type BPE, whitespace-only pieces allowed (llama.cpp merges runs of "▁"), byte fallback; the special
     # tokens by id and by piece (SentencePiece finds bos/eos/unk/pad by their piece text)
     trainer = _field(3, 2) + _field(4, len(tokens)) + _field(26, True) + _field(35, True)
     for (id_field, piece_field), key in (((40, 45), "unknown"), ((41, 46), "bos"), ((42, 47), "eos"),
                                          ((43, 48), "padding")):
         idx = ids[key]
-        trainer += _field(id_field, -1 if idx is None else int(idx))
-        if idx is not None and 0 <= int(idx) < len(tokens):
-            trainer += _field(piece_field, tokens[int(idx)])
+        trainer += _field(id_field, -1 if idx is None else idx)
+        if idx is not None:
+            trainer += _field(piece_field, tokens[idx])
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     normalizer = _field(1, "identity") + _field(3, prefix) + _field(4, False) + _field(5, True)
     return pieces + _field(2, trainer) + _field(3, normalizer)
@@ -400,8 +447,8 @@ def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
         (dest / "tokenizer.model").write_bytes(sentencepiece_model(meta, tokens, types))
     else:
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
         pre = meta.get("tokenizer.ggml.pre", "default")
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=pre in _LLAMA3_PRE))
         regexes = _PRE_TOKENIZERS.get(pre)
         if regexes is None:
             raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
@@ -417,11 +464,11 @@ def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
                           for i, t in enumerate(types) if t == 4])
 
     def token(key: str) -> str | None:
-        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+        idx = _special_token_id(meta, key)
+        return None if idx is None else tokens[idx]
 
     bos, eos, unk, pad = token("bos"), token("eos"), token("unknown"), token("padding")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_bos = _adds_bos(meta) and bos is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
     single = (["$A:0"] if not add_bos else [bos, "$A:0"]) + ([eos] if add_eos else [])
     pair = single + ["$B:1"] + ([eos] if add_eos else [])
@@ -454,6 +501,8 @@ def convert(path: Path, dest: Path) -> Converted:
             config["rope_scaling"][f"{kind}_factor"] = [float(x) for x in
                                                         np.array(arrays[f"rope_factors_{kind}.weight"])]
     weights = convert_weights(arrays, meta, config, path)
+    if arch in _FLOAT32_ARCHS:
+        weights = {k: v.astype(mx.float32) if v.dtype == mx.float16 else v for k, v in weights.items()}
     quant = _quantization_config(weights)
     if quant:
         config["quantization"] = config["quantization_config"] = quant

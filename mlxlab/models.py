@@ -84,6 +84,14 @@ def _complete(directory: Path) -> bool:
                (_MARKER, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"))
 
 
+def _converter_version(directory: Path) -> int:
+    """The converter version a finished import was made with (1: before versions were recorded)."""
+    try:
+        return int(json.loads((directory / _MARKER).read_text()).get("converter", 1))
+    except (ValueError, TypeError, AttributeError, OSError):
+        return 0
+
+
 def _result_from(directory: Path, seconds: float, cached: bool) -> ImportResult:
     """Rebuild an ImportResult from the marker file of a finished import."""
     info = json.loads((directory / _MARKER).read_text())
@@ -118,7 +126,9 @@ def import_gguf(gguf: str | Path, output: str | Path | None = None, *, force: bo
     if output is None:
         output = cache_dir() / "models" / f"{source.stem}-{_file_key(source)}"
     output = Path(output).expanduser()
-    if _complete(output) and not force:
+    from mlxlab.gguf_import import CONVERTER_VERSION, convert
+
+    if _complete(output) and not force and _converter_version(output) == CONVERTER_VERSION:
         return _result_from(output, time.perf_counter() - start, cached=True)
     if output.exists() and any(output.iterdir()) and not _complete(output) and not force:
         raise MlxlabError("output exists and is not an mlxlab import; refusing to overwrite it", path=output,
@@ -127,12 +137,10 @@ def import_gguf(gguf: str | Path, output: str | Path | None = None, *, force: bo
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         staging.chmod(0o755)               # mkdtemp's 0700 would carry over to the shared cache dir
-        from mlxlab.gguf_import import convert
-
         converted = convert(source, staging)
         info = {"source": str(source), "architecture": converted.architecture,
                 "quantization": converted.quantization, "parameters": converted.parameters,
-                "file_key": _file_key(source)}
+                "file_key": _file_key(source), "converter": CONVERTER_VERSION}
         (staging / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(staging, output)
     except BaseException:

@@ -93,6 +93,24 @@ def test_dtype_policy(monkeypatch):
         device.dtype_name("float8")
 
 
+def test_gpu_policy_computes_gemma_in_bfloat16(monkeypatch, make_tiny_model):
+    """float16 cannot hold Gemma's residual at BOS (~67,000): where the policy says float16, Gemma gets bfloat16;
+    other models and an explicit float16 keep float16."""
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    mx = device.import_mlx()
+    monkeypatch.delenv(device.DTYPE_ENV, raising=False)
+    monkeypatch.setattr(device, "current_device", lambda: "gpu")       # the policy Metal and CUDA get
+    dtypes = {}
+    for arch, dtype in (("gemma3_text", None), ("llama", None), ("gemma3_text", "float16")):
+        model, _ = load(str(make_tiny_model(arch)))
+        device.apply_dtype(model, dtype)
+        dtypes[arch, dtype] = {v.dtype for _, v in tree_flatten(model.parameters())}
+    assert dtypes == {("gemma3_text", None): {mx.bfloat16}, ("llama", None): {mx.float16},
+                      ("gemma3_text", "float16"): {mx.float16}}
+
+
 def test_apply_dtype_keeps_4bit_weights_and_makes_scales_float32():
     import mlx.nn as nn
     from mlx.utils import tree_flatten

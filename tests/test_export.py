@@ -66,7 +66,8 @@ def test_f32_export_is_exact(tiny_qwen2, tmp_path):
     assert result.max_abs_logit_diff < 1e-4 and result.top1_agreement == 1.0
 
 
-@pytest.mark.parametrize("out_type,min_top1", [("q8_0", 0.95), ("bf16", 0.95), ("q4_k_m", 0.6)])
+# q8_0 is byte for byte llama.cpp's own q8_0 of the f16 export: 18 of 19 top-1 on this tiny random model
+@pytest.mark.parametrize("out_type,min_top1", [("q8_0", 0.9), ("bf16", 0.95), ("q4_k_m", 0.6)])
 def test_quantized_types_load_and_agree(out_type, min_top1, tiny_llama, tmp_path):
     from mlxlab.gguf_export import export_gguf
 
@@ -272,13 +273,23 @@ def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp
     assert not (tmp_path / "checked.gguf").exists()          # a failed export leaves no file
 
 
+def test_q8_0_export_of_a_float32_gemma_is_llama_cpps_own_q8_0(make_tiny_model, tmp_path):
+    """A float32 Gemma (what a Gemma GGUF imports as): quantizing its float32 values rather than the f16 ones moved
+    some q8_0 blocks a step from llama.cpp's q8_0 of the f16 export (top-1 83% against it), and the export failed."""
+    from mlxlab.gguf_export import export_gguf
+
+    q8 = export_gguf(make_tiny_model("gemma3_text"), tmp_path / "q8.gguf", out_type="q8_0")
+    ref = json.loads(q8.verify_report.read_text())["reference"]
+    assert ref["top1_agreement"] == 1.0 and ref["max_abs_logit_diff"] == 0.0
+
+
 def test_quantized_exports_are_checked_against_llama_cpps_own_quantizer(tiny_llama, tmp_path, monkeypatch):
     import mlxlab.gguf_export as ge
 
     q8 = ge.export_gguf(tiny_llama, tmp_path / "q8.gguf", out_type="q8_0")
     ref = json.loads(q8.verify_report.read_text())["reference"]
-    # mlxlab's q8_0 writer and llama.cpp's q8_0 quantizer of the f16 export agree (up to rounding at ties)
-    assert ref["top1_agreement"] >= 0.95 and ref["max_abs_logit_diff"] < 0.05
+    # mlxlab's q8_0 writer quantizes the f16 values, as llama.cpp's quantizer of the f16 export does: the same file
+    assert ref["top1_agreement"] == 1.0 and ref["max_abs_logit_diff"] == 0.0
     k4 = json.loads(ge.export_gguf(tiny_llama, tmp_path / "k4.gguf", out_type="q4_k_m").verify_report.read_text())
     assert "quantizer on this model's f16" in k4["reference"]["what"]
     # a q8_0 writer bug that MLX's loose q8_0 threshold lets through: the down projections come out 1.5x too big

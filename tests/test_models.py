@@ -222,6 +222,10 @@ def test_import_is_cached_and_force_reimports(tiny_llama, tmp_path):
     before = (out / "model.safetensors").stat().st_ino
     forced = import_gguf(gguf_file, out, force=True)
     assert not forced.cached and (out / "model.safetensors").stat().st_ino != before
+    # an import made by an older converter is redone, not reused
+    marker = out / "mlxlab_import.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "converter": 1}))
+    assert not import_gguf(gguf_file, out).cached and json.loads(marker.read_text())["converter"] > 1
     # no temp/old dirs left (the export's Modelfile sits next to its GGUF)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported", "tiny.Modelfile", "tiny.gguf"]
 
@@ -282,6 +286,88 @@ def _write_gguf(path: Path, arch: str, tokenizer_model: str) -> Path:
     return path
 
 
+_SPM_PIECES = ["▁t", "th", "he", "in", "er", "an", "▁a", "at", "on", "en", "▁th", "▁the", "▁in", "▁an", "▁and",
+               "▁s", "▁c", "▁m", "▁o", "nd", "▁on", "▁e", "▁en", "▁end"]
+
+
+def _write_tiny_gguf(path: Path, tokenizer_model: str, *, add_bos: bool | None, special_ids: bool = True) -> Path:
+    """A complete tiny llama GGUF (1 layer, random f32 weights) with a small real vocabulary: SentencePiece ("llama":
+    <unk>, <s>, </s>, the 256 byte pieces, characters, a few merges) or byte-level BPE ("gpt2", pre-tokenizer
+    "llama-bpe": the 256 byte characters, <s>, </s> and the same merges); `tokenizer.ggml.add_bos_token` only if
+    given, the special token ids only with `special_ids`."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    if tokenizer_model == "llama":
+        chars = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-▁"]
+        tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *chars, *_SPM_PIECES]
+        types = [2, 3, 3, *[6] * 256, *[1] * (len(chars) + len(_SPM_PIECES))]
+    else:
+        pieces = [p.replace("▁", "Ġ") for p in _SPM_PIECES]
+        tokens = ["<unk>", "<s>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), *pieces]
+        types = [2, 3, 3, *[1] * (len(tokens) - 3)]
+    n_chars = len(tokens) - 3 - len(_SPM_PIECES)
+    scores = [0.0] * 3 + [-1000.0 - i for i in range(n_chars)] + [-float(i) for i in range(len(_SPM_PIECES))]
+    hidden, ff, vocab = 32, 64, len(tokens)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model(tokenizer_model)
+    if tokenizer_model == "gpt2":
+        writer.add_tokenizer_pre("llama-bpe")
+        # each piece merges from its longest prefix that is a token and the rest (single byte characters or pieces)
+        vocab_set = set(tokens)
+        writer.add_token_merges([next(f"{p[:i]} {p[i:]}" for i in range(len(p) - 1, 0, -1)
+                                      if p[:i] in vocab_set and p[i:] in vocab_set) for p in pieces])
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    if special_ids:
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
+              "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
+              **{f"blk.0.attn_{x}.weight": (hidden, hidden) for x in ("q", "k", "v", "output")},
+              "blk.0.ffn_gate.weight": (ff, hidden), "blk.0.ffn_up.weight": (ff, hidden),
+              "blk.0.ffn_down.weight": (hidden, ff)}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (np.ones(shape) if len(shape) == 1 else rng.normal(0, 0.2, shape)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("tokenizer_model, add_bos, special_ids", [
+    ("llama", None, True), ("llama", None, False), ("llama", True, True), ("llama", False, True),
+    ("gpt2", None, True), ("gpt2", False, True)])
+def test_gguf_without_add_bos_tokenizes_as_llama_cpp(tmp_path, tokenizer_model, add_bos, special_ids):
+    """llama.cpp adds BOS for a SentencePiece vocabulary (and a Llama 3 BPE one) unless the GGUF says not to, takes
+    <unk> 0, <s> 1 and </s> 2 where a SentencePiece GGUF names none, and takes a Llama 3 BPE word that is a token
+    whole (" end", where merging " e"+"n" would lose to "e"+"n"): so does the import."""
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf", tokenizer_model, add_bos=add_bos, special_ids=special_ids)
+    imported = import_gguf(path, tmp_path / "imported").path
+    _, tokenizer = load_model(imported)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<s>", "</s>")
+    assert json.loads((imported / "config.json").read_text())["eos_token_id"] == 2
+    vocab = _llama(path, vocab_only=True)
+    for text in ["the cat sat on the mat, and then in the end.", "Héllo 42!", "  two  spaces"]:
+        ids = vocab.tokenize(text.encode())                 # BOS as the GGUF (or llama.cpp's default) says
+        assert (ids[0] == 1) == (add_bos is not False) and ids.count(1) <= 1, ids
+        assert tokenizer.encode(text) == ids, text
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
 @pytest.mark.parametrize("arch, tokenizer_model, message", [
     ("falcon", "gpt2", "architecture 'falcon' is not supported"),
     ("llama", "bert", "tokenizer model 'bert' is not supported"),
@@ -292,6 +378,30 @@ def test_unsupported_gguf_gives_a_clear_error(tmp_path, arch, tokenizer_model, m
         import_gguf(path, tmp_path / "out")
     assert "hint:" in str(info.value)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["x.gguf"]
+
+
+# llama.cpp scales a Gemma's queries by 1/sqrt(hidden / heads) for the 27B models, which it knows by their layer count
+# (gemma2: 46, gemma3: 62), and by 1/sqrt(head_dim) for every other size; tiny models of those depths whose head_dim
+# (32) is not hidden / heads (16) tell the two apart without a 27B download
+@pytest.mark.parametrize("model_type, layers, scalar", [("gemma2", 46, 16), ("gemma3_text", 62, 16),
+                                                        ("gemma2", 2, 32), ("gemma3_text", 6, 32)])
+def test_gemma_query_scale_follows_llama_cpp_by_model_size(make_tiny_model, tmp_path, model_type, layers, scalar):
+    from mlx_lm import load
+
+    from mlxlab.gguf_export import export_gguf, verify_gguf
+
+    source = make_tiny_model(model_type, tmp_path / "source", num_hidden_layers=layers, head_dim=32,
+                             query_pre_attn_scalar=scalar)
+    gguf = export_gguf(source, tmp_path / "tiny.gguf", out_type="f32", verify=False).path
+    # llama.cpp on the file agrees with the source scaled by 1/sqrt(scalar) (measured: top-1 >= 82%, max |Δ| <= 1.5;
+    # with the other scale top-1 <= 54%, max |Δ| >= 4.6; 62 random layers amplify small differences)
+    report = verify_gguf(gguf, source, out_type="f32", check=False)
+    assert report["top1_agreement"] >= 0.75 and report["max_abs_logit_diff"] < 3.0, report
+    result = import_gguf(gguf, tmp_path / "imported")
+    assert json.loads((result.path / "config.json").read_text())["query_pre_attn_scalar"] == scalar
+    (ref_model, tok), (model, _) = load(str(source)), load(str(result.path))
+    ids = tok.encode("A Jolie service listens on an input port: 8000", add_special_tokens=False)
+    np.testing.assert_allclose(_mlx_logits(model, ids), _mlx_logits(ref_model, ids), atol=1e-4)
 
 
 # --- resolve_model --------------------------------------------------------------------------------
