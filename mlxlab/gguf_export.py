@@ -47,8 +47,10 @@ _MIN_TOP1_DEFAULT = 0.15
 # (rounding costs a few percent at most, gemma's f16 GELU table the most; a wrong tensor costs the whole range)
 _MAX_DIFF_SHARE = {"f32": 0.05, "f16": 0.25, "bf16": 0.25}
 # a quantized export against llama.cpp's own quantizer applied to this model's f16 export (the reference for
-# what the type can do here): the same quantization must give the same logits, up to rounding at ties
-_REFERENCE_MIN_TOP1 = 0.95
+# what the type can do here): the same quantization must give the same logits, up to rounding. Judged by the
+# largest |Δlogit| alone: where it is d, a top-1 that differs lies within 2d of the best (a tie at that precision;
+# tiny random models with flat logits flip a few of those, measured 94.7% top-1 at d = 0.065), while a broken
+# writer moves logits by much of their range
 _REFERENCE_MAX_DIFF_SHARE = 0.05
 # llama.cpp runs in subprocesses (a bad file can abort it); none may hang an export forever
 QUANTIZE_TIMEOUT_S = 3600
@@ -413,11 +415,10 @@ def verify_gguf(gguf_path: Path, model_dir: Path, *, probe: str = PROBE, out_typ
                           f"{len(tokens)} positions", path=gguf_path,
                           hint="a lower-bit type may be too lossy for this model; otherwise this is an export bug")
     ref = report.get("reference")
-    if ref and (ref["top1_agreement"] < _REFERENCE_MIN_TOP1
-                or not ref["max_abs_logit_diff"] <= _REFERENCE_MAX_DIFF_SHARE * spread):
+    if ref and not ref["max_abs_logit_diff"] <= _REFERENCE_MAX_DIFF_SHARE * spread:
         raise MlxlabError(f"the {out_type} export disagrees with llama.cpp's own {out_type} quantization of the same "
                           f"model: top-1 agreement {ref['top1_agreement']:.1%}, max abs logit difference "
-                          f"{ref['max_abs_logit_diff']:.3g}", path=gguf_path,
+                          f"{ref['max_abs_logit_diff']:.3g} (MLX's logits span {spread:.3g})", path=gguf_path,
                           hint="this is a bug in mlxlab's quantized writer; export f16 and quantize with llama.cpp")
     return report
 

@@ -23,9 +23,9 @@ SHORT = ["The capital of France is", "Once upon a time", "def add(a, b):", "The 
 # fails the test instead of killing pytest
 _LLAMA_CPP_LOGITS = """
 import sys, numpy as np
-from llama_cpp import Llama
+from mlxlab.llamacpp import load_llama
 path, out, *prompts = sys.argv[1:]
-llm = Llama(path, n_ctx=256, logits_all=True, n_threads=2, verbose=False)
+llm = load_llama(path, n_ctx=256, logits_all=True, n_threads=2, verbose=False)
 arrays = {}
 for i, prompt in enumerate(prompts):
     ids = llm.tokenize(prompt.encode())
@@ -56,17 +56,16 @@ def gemma3_dir(gemma3_gguf) -> Path:
 @pytest.mark.slow
 def test_real_gemma3_tokenizes_and_predicts_like_llama_cpp(gemma3_gguf, gemma3_dir):
     import mlx.core as mx
-    from llama_cpp import Llama
-
+    from mlxlab.llamacpp import load_llama
     from mlxlab.models import load_model
 
     model, tokenizer = load_model(gemma3_dir)
-    vocab = Llama(str(gemma3_gguf), vocab_only=True, verbose=False)
+    vocab = load_llama(gemma3_gguf, vocab_only=True, verbose=False)
     for text in TEXTS:
         assert tokenizer.encode(text, add_special_tokens=False) == vocab.tokenize(text.encode(), add_bos=False,
                                                                                special=False), text
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
-    llm = Llama(str(gemma3_gguf), n_ctx=256, logits_all=True, n_threads=2, verbose=False)
+    llm = load_llama(gemma3_gguf, n_ctx=256, logits_all=True, n_threads=2, verbose=False)
     ids = llm.tokenize(b"The capital of France is Paris. The capital of Germany is", add_bos=True)
     assert tokenizer.encode("The capital of France is Paris. The capital of Germany is") == ids   # with <bos>
     llm.eval(ids)

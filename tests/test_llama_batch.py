@@ -91,6 +91,30 @@ def test_model_identity_of_a_hugging_face_id_is_its_cached_snapshot(tmp_path, mo
         teacher_gguf(str(tmp_path / "fused"))
 
 
+def _logit_gap_where_they_part(teacher: Teacher, messages: list[dict], a: str, b: str) -> float:
+    """|Δlogit| between the first tokens where greedy texts `a` and `b` of one prompt part, one sequence at a time.
+
+    llama.cpp's CPU kernels round differently for different batch shapes (by CPU and build: a native build on a
+    Sapphire Rapids machine parted at one of six prompts), so batched greedy can take the other side of a near tie;
+    a batching bug (wrong positions, another sequence's cache) parts at tokens far apart. Measured here: 0.03
+    at the pair CI parted at ("the letter" vs "letter"), 1.6 between " apple" and " banana".
+    """
+    rendered = teacher._chat(messages=messages)
+    prompt = teacher._llama_tokens(rendered.prompt, special=True, add_bos=not getattr(rendered, "added_special", False))
+    ta, tb = (teacher._llama_tokens(t, special=False, add_bos=False) for t in (a, b))
+    k = next(i for i, (x, y) in enumerate(zip(ta + [-1], tb + [-2])) if x != y)
+    if min(len(ta), len(tb)) <= k:
+        return float("inf")                 # one text is a prefix of the other: not a tie between two tokens
+    import llama_cpp
+    import numpy as np
+
+    llama = teacher._llama
+    llama.reset()
+    llama.eval(prompt + ta[:k])             # the last position's logits only (logits_all is off)
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),))
+    return abs(float(logits[ta[k]]) - float(logits[tb[k]]))
+
+
 @pytest.fixture(scope="module")
 def smollm2_teacher(smollm2_gguf):
     teacher = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=8, n_ctx=1024)
@@ -122,7 +146,11 @@ def test_smollm2_batched_greedy_equals_one_at_a_time_and_prefix_is_evaluated_onc
     assert teacher.stats.prefill_tokens < teacher.stats.prompt_tokens / 2
     single = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=1, n_ctx=1024, prefix_cache=False)
     alone = single.generate(prompts, temperature=0.0, max_tokens=12)
-    assert [c[0].text for c in batched] == [c[0].text for c in alone]
+    same = [a[0].text == b[0].text for a, b in zip(batched, alone)]
+    assert sum(same) >= len(prompts) - 2, (batched, alone)
+    for messages, a, b in zip(prompts, batched, alone):
+        if a[0].text != b[0].text:          # a near tie that the batch's other rounding broke the other way
+            assert _logit_gap_where_they_part(single, messages, a[0].text, b[0].text) < 0.5, (a, b)
     assert single._engine.counters.prefixes_evaluated == 0
     # seeded sampling: the same seed gives the same texts again (every call starts from an empty cache)
     a = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)
@@ -223,9 +251,9 @@ def test_a_context_is_freed_by_close_once_and_by_the_finaliser(tiny_ggufs, live_
     assert live_contexts() == 0
     with pytest.raises(MlxlabError, match="closed"):
         teacher.complete(["hello"], max_tokens=2)
-    from llama_cpp import Llama
+    from mlxlab.llamacpp import load_llama
 
-    llama = Llama(model_path=str(tiny_ggufs[0]), n_ctx=64, verbose=False)
+    llama = load_llama(tiny_ggufs[0], n_ctx=64, verbose=False)
     engine = LlamaBatch(llama, slots=2, n_ctx=64, threads=1)
     del llama                                              # the engine keeps the model alive until its context goes
     assert live_contexts() == 1
