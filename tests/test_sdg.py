@@ -640,3 +640,22 @@ def test_shipped_evaluation_sets_are_valid_chat_data():
     seeds = [it["question"] for leaf in Taxonomy.load(ROOT / "taxonomy", fetch_documents=False).leaves
              for it in seed_items(leaf)]
     assert max(rouge_l(a, b) for a in questions(jolie) for b in seeds) < 0.5
+
+
+def test_back_translated_passages_longer_than_three_seed_answers_are_kept(tmp_path):
+    # issue 20: public knowledge leaves have one-sentence seed answers (here 7 words); a passage of 57 words is the
+    # answer of a back-translated pair, and the length gate bounded it by 3 x the seed answers (40 words)
+    from mlxlab import sdg
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    passage = ("Olympus Mons is the largest volcano in the solar system. It stands on Mars, about 22 kilometres "
+               "high, nearly three times the height of Mount Everest. The volcano is so wide and its slopes so "
+               "gentle that someone standing on it would not see the summit. Lava flows built it over billions "
+               "of years; cliffs ring it.")
+    assert len(passage.split()) == 57
+    (tmp_path / "taxonomy-docs" / "mars.md").write_text(f"# Mars\n\n## Volcanoes\n\n{passage}\n")
+    result = sdg.generate_data(tax, teacher=FewshotTeacher(), output=tmp_path / "data", samples_per_seed=1,
+                               quiet=True, keep_fraction=1.0, allow_empty=True)
+    knowledge = next(leaf for leaf in json.loads(result.report.read_text())["leaves"] if leaf["kind"] == "knowledge")
+    assert knowledge["gates"].get("length", 0) == 0, knowledge["gate_examples"]
+    assert knowledge["kept"] == 1
