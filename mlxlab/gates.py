@@ -343,7 +343,9 @@ def _seed_copy(qw: list[str], aw: list[str], profile: LeafProfile, s: GateSettin
     q_masks, pair, pair_masks = _masks(qw), qw + aw, None
     for i, (seed_q, seed_pair) in enumerate(zip(profile.seed_questions, profile.seed_pairs)):
         score = _rouge(seed_q, qw, t, q_masks)
-        if score >= t:
+        # a templated question with a new subject ("Tell me a pun about X") asks something new: a copy asks nothing
+        # beyond the seed's own words
+        if score >= t and not set(qw) - set(seed_q) - _STOPWORDS:
             return f"the question is a near-copy of seed question {i + 1} (ROUGE-L {score:.2f})"
         if 2 * min(len(pair), len(seed_pair)) / (len(pair) + len(seed_pair) or 1) >= t:
             pair_masks = pair_masks or _masks(pair)

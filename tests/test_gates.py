@@ -419,3 +419,14 @@ def test_a_back_translated_passage_is_not_cut_by_the_seed_answers_length():
     # the passages' range still bounds the question, and the question alone decides off_task (the answer is the text)
     assert gate("Which recipe makes the best chocolate cake for a birthday party with friends?", PASSAGE,
                 by_passages) == "off_task"
+
+
+def test_a_templated_question_with_a_new_subject_is_no_seed_copy():
+    # public skill leaves ask in one template ("Tell me a pun about X"): a new X is a new sample, the same X a copy
+    puns = leaf_profile([("Tell me a pun about coffee.", "Why did the coffee file a police report? It got mugged."),
+                         ("Tell me a pun about bread.", "Why did the loaf stay home? It was feeling crumby."),
+                         ("Tell me a pun about trees.", "Why do trees hate tests? They get stumped.")],
+                        task="Tell puns")
+    assert check_sample("Tell me a pun about sunscreen.", "Why did the sunscreen quit? It was burned out.",
+                        puns) is None
+    assert gate("Tell me a pun about coffee!", "What do you call sad coffee? Depresso.", puns) == "seed_copy"
