@@ -89,6 +89,7 @@ class LeafProfile:
     documents: bool = False                         # knowledge: off_task reads the vocabulary, else the form
     answers_from_documents: bool = False            # back-translated: the answer is a passage, the question is asked
     answer_forms: frozenset[str] = frozenset()      # the seed answers' forms ("code", "prose", scripts)
+    shared_questions: frozenset[tuple[str, ...]] = frozenset()   # seed questions that several seeds ask
 
 
 def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Iterable[str] = (),
@@ -112,7 +113,8 @@ def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Ite
         answer_words=(min(map(len, drawn)), max(map(len, drawn))) if drawn else None,
         vocabulary=frozenset(vocabulary), documents=any(d.strip() for d in documents),
         answers_from_documents=answers is not None,
-        answer_forms=frozenset(f for _, a in pairs for f in _form(_text(a))))
+        answer_forms=frozenset(f for _, a in pairs for f in _form(_text(a))),
+        shared_questions=frozenset(q for q, n in Counter(map(tuple, questions)).items() if n > 1))
 
 
 def check_sample(question: str, answer: str, profile: LeafProfile, *, finish_reason: str = "stop",
@@ -342,9 +344,10 @@ def _seed_copy(qw: list[str], aw: list[str], profile: LeafProfile, s: GateSettin
     t = s.seed_copy_threshold
     q_masks, pair, pair_masks = _masks(qw), qw + aw, None
     for i, (seed_q, seed_pair) in enumerate(zip(profile.seed_questions, profile.seed_pairs)):
-        score = _rouge(seed_q, qw, t, q_masks)
         # a templated question with a new subject ("Tell me a pun about X") asks something new: a copy asks nothing
-        # beyond the seed's own words
+        # beyond the seed's own words; and where several seeds ask the same question ("Tell me a knock knock
+        # joke"), the leaf itself says that a new answer to it is a new sample
+        score = _rouge(seed_q, qw, t, q_masks) if seed_q not in profile.shared_questions else 0.0
         if score >= t and not set(qw) - set(seed_q) - _STOPWORDS:
             return f"the question is a near-copy of seed question {i + 1} (ROUGE-L {score:.2f})"
         if 2 * min(len(pair), len(seed_pair)) / (len(pair) + len(seed_pair) or 1) >= t:

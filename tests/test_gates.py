@@ -430,3 +430,14 @@ def test_a_templated_question_with_a_new_subject_is_no_seed_copy():
     assert check_sample("Tell me a pun about sunscreen.", "Why did the sunscreen quit? It was burned out.",
                         puns) is None
     assert gate("Tell me a pun about coffee!", "What do you call sad coffee? Depresso.", puns) == "seed_copy"
+
+
+def test_a_new_answer_to_the_question_every_seed_asks_is_no_seed_copy():
+    jokes = leaf_profile([("Tell me a knock knock joke", "Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in!"),
+                          ("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!"),
+                          ("Tell me a knock knock joke", "Knock knock. Who's there? Figs. Figs who? Figs the bell!")],
+                         task="telling knock knock jokes")
+    assert check_sample("Tell me a knock knock joke", "Knock knock. Who's there? Interrupting cow. Interrupting "
+                        "cow wh- MOO!", jokes) is None
+    # the same joke again is still a copy
+    assert gate("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!", jokes) == "seed_copy"
