@@ -130,7 +130,8 @@ def run_leaf(leaf: Path, corpus: Path, work: Path, samples_per_seed: int, timeou
         stats = json.loads(report.read_text(encoding="utf-8"))["leaves"][0]
         gated = next((s for s in stats["stages"] if s["stage"] == "gates"), None)
         scored = next((s for s in stats["stages"] if s["stage"] in ("likelihood", "judges")), None)
-        row.update(name=stats["leaf"], kind=stats["kind"], seeds=stats["seeds"].get("train", 0), generated=gated["sent"] if gated else 0,
+        row.update(name=stats["leaf"], kind=stats["kind"], seeds=stats["seeds"].get("train", 0),
+                   generated=gated["sent"] if gated else 0, stages=stats["stages"],
                    gates={g: n for g, n in stats["gates"].items() if n}, after_gates=gated["passed"] if gated else 0,
                    scorer=stats["scorer"], scorer_removed=(scored["sent"] - scored["passed"]) if scored else 0,
                    duplicates=stats["duplicates"], kept=stats["kept"], notes=stats["notes"])

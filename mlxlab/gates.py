@@ -7,11 +7,14 @@ every seed example passes (tests/test_gates.py keeps it so), and measured agains
 InstructLab taxonomy (benchmarks/taxonomy_sweep.py). Standard library only: `mlxlab.sdg` imports this module and its
 tests must run without mlx.
 
-Two gates depend on the kind of leaf. `off_task` for knowledge asks whether the sample speaks the documents'
-vocabulary. A skill's topic is free (a pet-name leaf's new animal is new words), so for skills new words alone are no
-reason: the sample is off task only when it has neither the leaf's words nor the seed answers' form (code where they
-have code, prose where they have none, a script such as Latin or Hangul that one of them uses). `length` bounds answers by the texts answers are drawn from: the seed
-answers, or for back-translated knowledge the document passages that are the answers.
+Three gates depend on the kind of leaf. `off_task` for knowledge asks whether the sample speaks the documents'
+vocabulary, and for back-translated knowledge (the answer is a document passage) whether the passage answers the
+question: most of the question's words must occur in the passage or name the leaf's subject. A skill's topic is free
+(a pet-name leaf's new animal is new words), so for skills new words alone are no reason: the sample is off task only
+when it has neither the leaf's words nor the seed answers' form (code where they have code, prose where they have
+none, a script such as Latin or Hangul that one of them uses). `length` bounds answers by the texts answers are drawn
+from: the seed answers, or for back-translated knowledge the document passages that are the answers. `truncated`
+reads only the question of a back-translated pair (its answer is the document's own text, not a generation).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class GateSettings:
     seed_copy_threshold: float = 0.8      # ROUGE-L of question+answer against a seed pair at or above this: a copy
     echo_threshold: float = 0.7           # ROUGE-L of answer against its question at or above this: an echo
     on_task_threshold: float = 0.3        # least share of the sample's content words found in the leaf's vocabulary
+    grounding_threshold: float = 0.6      # back-translated: least share of the question's words in its passage
     max_line_repeats: int = 2             # a prose line or sentence (4+ words, 20+ chars) seen more often: a loop
     max_code_line_repeats: int = 4        # the same inside code fences, where repeated lines are normal
     max_repeated_ngrams: float = 0.5      # largest share of word 4-grams that repeat an earlier one
@@ -90,6 +94,7 @@ class LeafProfile:
     answers_from_documents: bool = False            # back-translated: the answer is a passage, the question is asked
     answer_forms: frozenset[str] = frozenset()      # the seed answers' forms ("code", "prose", scripts)
     shared_questions: frozenset[tuple[str, ...]] = frozenset()   # seed questions that several seeds ask
+    subject: frozenset[str] = frozenset()           # content stems that a third of the seed questions use
 
 
 def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Iterable[str] = (),
@@ -114,7 +119,15 @@ def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Ite
         vocabulary=frozenset(vocabulary), documents=any(d.strip() for d in documents),
         answers_from_documents=answers is not None,
         answer_forms=frozenset(f for _, a in pairs for f in _form(_text(a))),
-        shared_questions=frozenset(q for q, n in Counter(map(tuple, questions)).items() if n > 1))
+        shared_questions=frozenset(q for q, n in Counter(map(tuple, questions)).items() if n > 1),
+        subject=_subject([_text(q) for q, _ in pairs]))
+
+
+def _subject(questions: list[str]) -> frozenset[str]:
+    """The leaf's subject as its seed questions name it ("black-capped chickadee", "CephFS"): the content stems
+    that at least a third of them (and two or more) use."""
+    counts = Counter(stem for q in questions for stem in set(_content(q)))
+    return frozenset(stem for stem, n in counts.items() if n >= max(2, len(questions) / 3))
 
 
 def check_sample(question: str, answer: str, profile: LeafProfile, *, finish_reason: str = "stop",
@@ -137,7 +150,7 @@ def _failures(question, answer, profile: LeafProfile, finish_reason: str, contex
     checks = (
         ("leakage", lambda: _leakage(q, "question", chatter=True) or _leakage(a, "answer")),
         ("repetition", lambda: _repetition(q, a, s)),
-        ("truncated", lambda: _truncated(q, a, finish_reason)),
+        ("truncated", lambda: _truncated(q, "" if profile.answers_from_documents else a, finish_reason)),
         ("not_a_question", lambda: _not_a_question(q, qw, profile)),
         ("echo", lambda: _echo(q, a, qw, aw, s)),
         ("length", lambda: _length(qw, aw, profile, s)),
@@ -418,17 +431,18 @@ def _off_task(question: str, answer: str, context: str, profile: LeafProfile, s:
     # documents, this sample's context) holds. Distinct words, so that one term repeated does not decide; a share
     # of the sample rather than a cosine with a seed, so that an on-task sample with new words about the same topic
     # keeps most of its words in the vocabulary while a sample about something else keeps almost none. A
-    # back-translated answer is a passage of the documents, always in the vocabulary: there the question decides.
-    text = question if profile.answers_from_documents else question + "\n" + answer
-    words = set(_content(text))
+    # back-translated answer is a passage of the documents, always in the vocabulary: there the question must be
+    # one that its passage answers (see _ungrounded).
+    if profile.answers_from_documents:
+        return _ungrounded(question, answer, profile, s)
+    words = set(_content(question + "\n" + answer))
     vocabulary = profile.vocabulary | set(_content(context)) if context else profile.vocabulary
     if len(words) < 3 or not vocabulary:
         return None                     # too little to judge, or nothing to judge against
     share = len(words & vocabulary) / len(words)
     if share >= s.on_task_threshold:
         return None
-    what = "the question's" if profile.answers_from_documents else "its"
-    reason = f"only {share:.0%} of {what} content words occur in the leaf's seeds and documents " \
+    reason = f"only {share:.0%} of its content words occur in the leaf's seeds and documents " \
              f"(needs {s.on_task_threshold:.0%})"
     if profile.documents:
         return reason
@@ -436,6 +450,20 @@ def _off_task(question: str, answer: str, context: str, profile: LeafProfile, s:
     # is a sample with neither the leaf's words nor its answers' form (a Jolie code leaf answered with a recipe).
     mismatch = _off_form(answer, profile)
     return f"{reason}, and {mismatch}" if mismatch else None
+
+
+def _ungrounded(question: str, passage: str, profile: LeafProfile, s: GateSettings) -> str | None:
+    # Measured on hand-labelled back-translated pairs of public leaves: the small teacher's unusable questions ask
+    # about something the passage never mentions ("What does Swifties have to do with Ticketmaster?" of the
+    # article's opening); a question its passage answers uses the passage's words, or names the leaf's subject.
+    words = set(_content(question))
+    if not words:
+        return None
+    share = len(words & (set(_content(passage)) | profile.subject)) / len(words)
+    if share < s.grounding_threshold:
+        return f"only {share:.0%} of the question's content words occur in its passage " \
+               f"(needs {s.grounding_threshold:.0%}): the passage does not answer it"
+    return None
 
 
 # a fenced block, or a line that only code writes: a statement ending in ; or {, a closing brace alone

@@ -392,7 +392,8 @@ def test_a_skill_answered_in_another_script_is_off_task():
     korean = leaf_profile([("Count from 1 to 5 in Korean.", "하나\n둘\n셋\n넷\n다섯"),
                            ("Count from 6 to 10 in Korean.", "여섯\n일곱\n여덟\n아홉\n열")],
                           task="Count in Korean")
-    assert check_sample("How do you say eleven, twelve and thirteen in Korean?", "열하나\n열둘\n열셋", korean) is None
+    assert check_sample("How do you say eleven, twelve and thirteen in Korean?", "열하나\n열둘\n열셋",
+                        korean) is None
     assert gate("Count the days of the week in Korean.", "Monday, Tuesday, Wednesday and Thursday come first, "
                 "then Friday, Saturday and Sunday close the week for every calendar.", korean) == "off_task"
 
@@ -440,4 +441,16 @@ def test_a_new_answer_to_the_question_every_seed_asks_is_no_seed_copy():
     assert check_sample("Tell me a knock knock joke", "Knock knock. Who's there? Interrupting cow. Interrupting "
                         "cow wh- MOO!", jokes) is None
     # the same joke again is still a copy
-    assert gate("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!", jokes) == "seed_copy"
+    assert gate("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!",
+                jokes) == "seed_copy"
+
+
+def test_a_back_translated_question_must_be_one_its_passage_answers():
+    documents = [PASSAGE, "Chickadees form flocks in winter and nest in tree cavities in spring."]
+    profile = leaf_profile(SHORT_SEEDS, documents=documents, answers=documents)
+    # measured on public leaves: most unusable back-translated questions ask what their passage never mentions
+    assert gate("Where does the chickadee hide seeds and insects in winter?", PASSAGE, profile) is None
+    assert gate("How many eggs does the chickadee lay, and when do the young fledge?", PASSAGE,
+                profile) == "off_task"
+    # the leaf's subject counts as asked about, and the passage's own ending is not a truncated generation
+    assert gate("Where do chickadees cache their seeds?", "In winter they cache seeds:", profile) is None
