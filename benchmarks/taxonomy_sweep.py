@@ -234,6 +234,36 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def why_empty(row: dict) -> str:
+    """Where a leaf's samples went: not generated (and why), unparsed, removed by gates or by the scorer."""
+    if row["outcome"] != "clean":
+        return f"{row['outcome']}: {row['stderr'].strip().splitlines()[-1] if row.get('stderr') else ''}"
+    notes = [n for n in row.get("notes", []) if n.startswith(("not generated", "nothing to generate"))]
+    if notes:
+        return notes[0]
+    first = (row.get("stages") or [{}])[0]
+    if not row.get("generated"):
+        counts = f": {first['unparsed']} of {first['sent']} continuations unparsed" if first else ""
+        return f"the teacher did not follow the pattern{counts}"
+    if not row.get("after_gates"):
+        return "the gates removed all " + str(row["generated"]) + ": " + \
+            ", ".join(f"{g} {n}" for g, n in row.get("gates", {}).items())
+    return f"{row['after_gates']} passed the gates; the {row.get('scorer')} scorer kept none (no positive score)" \
+        if not row.get("duplicates") else f"{row['after_gates']} passed the gates; scorer and dedup removed the rest"
+
+
+def kept_precision(labels: list[dict], pairs: list[dict]) -> dict:
+    """Per kind group: of a run's finally kept pairs that were labelled, how many are usable."""
+    kept = {(p["leaf"], p["question"], p["answer"]) for p in pairs if p.get("kept")}
+    out = {}
+    for group in [*KINDS.values(), "all"]:
+        chosen = [x for x in labels if (group == "all" or KINDS.get(x["kind"]) == group)
+                  and (x["leaf"], x["question"], x["answer"]) in kept]
+        yes = sum(x["label"] == "yes" for x in chosen)
+        out[group] = {"kept": len(chosen), "usable": yes, "precision": round(yes / len(chosen), 2) if chosen else None}
+    return out
+
+
 def markdown(data: dict) -> str:
     """The results file: per tag a leaf table and a summary, then the gates against the labels."""
     lines = ["# Taxonomy sweep: SDG and gates on public InstructLab leaves", "",
@@ -256,9 +286,8 @@ def markdown(data: dict) -> str:
                          f"| {r['seconds']} | {r['outcome']} |")
         empty = [r for r in run["leaves"] if not r.get("kept")]
         if empty:
-            lines += ["", "Leaves with nothing kept:", ""]
-            lines += [f"- {r['leaf']}: {'; '.join(r.get('notes', [])) or r['outcome']}"
-                      f"{' — ' + r['stderr'].strip().splitlines()[-1] if r.get('stderr') else ''}" for r in empty]
+            lines += ["", "Leaves with nothing kept, and why:", ""]
+            lines += [f"- {r['leaf']}: {why_empty(r)}" for r in empty]
         lines.append("")
     if data.get("jolie"):
         lines += ["## The shipped Jolie taxonomy, default settings", "",
@@ -281,6 +310,12 @@ def markdown(data: dict) -> str:
                   "as training data, yes/no), read before any gate. A gate's positive is *remove*: precision = "
                   "share of its removals labelled unusable, recall = share of unusable pairs it removes. "
                   "'any' is all gates together.", ""]
+        lines += ["What the whole funnel kept (gates, scorer, dedup), per run: labelled pairs kept, and how many of "
+                  "them are usable.", "", "| run | kind | kept | usable | precision |", "|---|---|---|---|---|"]
+        for tag, table in metrics.get("kept", {}).items():
+            for group, m in table.items():
+                lines.append(f"| {tag} | {group} | {m['kept']} | {m['usable']} | {m['precision']} |")
+        lines.append("")
         for version, table in metrics["by_gates"].items():
             lines += [f"### {version}", "", "| kind | labelled | unusable | gate | removed | precision | recall |",
                       "|---|---|---|---|---|---|---|"]
@@ -367,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name in dict.fromkeys(x["leaf"] for x in labels)]
         metrics = data.setdefault("labels", {"by_gates": {}})
         metrics["count"] = len(labels)
+        metrics["kept"] = {}
+        for found in sorted(RESULTS.glob("taxonomy_sweep_pairs-*.jsonl")):
+            pairs = [json.loads(line) for line in found.read_text(encoding="utf-8").splitlines()]
+            metrics["kept"][found.stem.split("-", 1)[1]] = kept_precision(labels, pairs)
         metrics["by_gates"][args.gates_name or f"gates of {commit()}"] = precision_recall(labels, gate_verdicts(rows))
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (RESULTS / "taxonomy_sweep.md").write_text(markdown(data), encoding="utf-8")

@@ -445,12 +445,16 @@ def test_a_new_answer_to_the_question_every_seed_asks_is_no_seed_copy():
                 jokes) == "seed_copy"
 
 
-def test_a_back_translated_question_must_be_one_its_passage_answers():
+def test_a_back_translated_question_must_be_one_its_passage_answers_when_grounding_is_on():
     documents = [PASSAGE, "Chickadees form flocks in winter and nest in tree cavities in spring."]
     profile = leaf_profile(SHORT_SEEDS, documents=documents, answers=documents)
+    grounded = GateSettings(grounding_threshold=0.6)
     # measured on public leaves: most unusable back-translated questions ask what their passage never mentions
-    assert gate("Where does the chickadee hide seeds and insects in winter?", PASSAGE, profile) is None
-    assert gate("How many eggs does the chickadee lay, and when do the young fledge?", PASSAGE,
-                profile) == "off_task"
+    question = "How many eggs does the chickadee lay, and when do the young fledge?"
+    assert check_sample(question, PASSAGE, profile) is None                     # off by default (see GateSettings)
+    assert check_sample(question, PASSAGE, profile, settings=grounded)[0] == "off_task"
+    assert check_sample("Where does the chickadee hide seeds and insects in winter?", PASSAGE, profile,
+                        settings=grounded) is None
     # the leaf's subject counts as asked about, and the passage's own ending is not a truncated generation
-    assert gate("Where do chickadees cache their seeds?", "In winter they cache seeds:", profile) is None
+    assert check_sample("Where do chickadees cache their seeds?", "In winter they cache seeds:", profile,
+                        settings=grounded) is None
