@@ -248,8 +248,9 @@ def why_empty(row: dict) -> str:
     if not row.get("after_gates"):
         return "the gates removed all " + str(row["generated"]) + ": " + \
             ", ".join(f"{g} {n}" for g, n in row.get("gates", {}).items())
-    return f"{row['after_gates']} passed the gates; the {row.get('scorer')} scorer kept none (no positive score)" \
-        if not row.get("duplicates") else f"{row['after_gates']} passed the gates; scorer and dedup removed the rest"
+    return f"{row['after_gates']} passed the gates; the {row.get('scorer')} scorer removed " \
+           f"{row.get('scorer_removed', 0)}, and {row.get('duplicates', 0)} were near-duplicates of a seed question " \
+           "(ROUGE-L of the questions, the held-out seeds included)"
 
 
 def kept_precision(labels: list[dict], pairs: list[dict]) -> dict:
@@ -269,7 +270,9 @@ def markdown(data: dict) -> str:
     lines = ["# Taxonomy sweep: SDG and gates on public InstructLab leaves", "",
              "Default teacher (embedded SmolLM2, backend auto), one child process per leaf, "
              f"samples_per_seed {data.get('samples_per_seed', 1)}. Corpus: benchmarks/data/taxonomy_sweep "
-             "(see SOURCES.md there).", ""]
+             "(see SOURCES.md there). A later run with the same `--work` reuses each leaf's SDG journal: the same "
+             "generated pairs, gated and scored again, so runs differ only by their gates (and what the scorer "
+             "then keeps). Seconds are wall time on a machine shared with other jobs (3 leaves at a time).", ""]
     for tag, run in data["runs"].items():
         s = run["summary"]
         lines += [f"## {tag} ({run.get('date', '')}, gates of {run.get('commit', '?')})", "",
@@ -291,10 +294,10 @@ def markdown(data: dict) -> str:
         lines.append("")
     if data.get("jolie"):
         lines += ["## The shipped Jolie taxonomy, default settings", "",
-                  "One `generate` on taxonomy/ with the default settings (samples_per_seed 2), per tag with the code "
-                  "of that tag (a later tag reuses the SDG journal: the same generated pairs, gated and scored "
-                  "again). 'passed (run)' is what the gates of that run let through; 'passed (checkout)' is what the "
-                  "gates of this checkout let through on the same pairs.", "",
+                  "`generate` on taxonomy/ with the default settings (samples_per_seed 2): 'passed (run)' is what "
+                  "the gates of that run let through, 'passed (checkout)' what the gates of this checkout let "
+                  "through on the same pairs. The same pairs passing means the same scoring and the same kept "
+                  "samples. " + data.get("jolie_note", ""), "",
                   "| tag | leaf | generated | removed by the run's gates | passed (run) | passed (checkout) | kept |",
                   "|---|---|---|---|---|---|---|"]
         for tag, run in data["jolie"].items():
