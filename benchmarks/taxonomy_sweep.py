@@ -167,6 +167,31 @@ def sweep(corpus: Path, only: list[str], samples_per_seed: int, timeout: float, 
         return list(pool.map(one, chosen))
 
 
+def run_whole(taxonomy: Path, out: Path, samples_per_seed: int, timeout: float) -> list[dict]:
+    """All of `taxonomy` in one child process (its documents stay where its qna.yaml files point): a row per leaf,
+    with the pairs the gates saw. A kept `out` keeps the SDG journal, so a rerun only regates and rescores."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "pairs.jsonl", "profiles.json"):
+        (out / stale).unlink(missing_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--child", str(taxonomy), str(out), str(samples_per_seed)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise SystemExit(f"generate on {taxonomy} failed:\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    profiles = json.loads((out / "profiles.json").read_text(encoding="utf-8"))
+    rows = []
+    for stats, inputs in zip(report["leaves"], profiles):   # one profile per leaf, in the leaves' order
+        gated = next((x for x in stats["stages"] if x["stage"] == "gates"), {"sent": 0, "passed": 0})
+        rows.append({"leaf": stats["leaf"], "kind": stats["kind"], "generated": gated["sent"],
+                     "after_gates": gated["passed"], "gates": {g: n for g, n in stats["gates"].items() if n},
+                     "kept": stats["kept"], "notes": stats["notes"], "profiles": [inputs],
+                     "pairs": [x for x in pairs if x["leaf"] == stats["leaf"]]})
+    print(f"{taxonomy}: {round(time.perf_counter() - start)} s, kept {({r['leaf']: r['kept'] for r in rows})}")
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- labels
 
 def load_labels(path: Path = LABELS) -> list[dict]:
