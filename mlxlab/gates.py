@@ -3,16 +3,27 @@
 A small teacher writes prompt debris that its own judges let through: template tags (`[SUBCKILL Question]`), role
 headers (`Your answer:`), chatter (`I'm ready to help!`), loops, echoes of the question and copies of its seeds. The
 gates below are plain text checks that need no capable model. Each was calibrated on the shipped taxonomy so that
-every seed example passes (tests/test_gates.py keeps it so). Standard library only: `mlxlab.sdg` imports this module
-and its tests must run without mlx.
+every seed example passes (tests/test_gates.py keeps it so), and measured against hand labels on leaves of the public
+InstructLab taxonomy (benchmarks/taxonomy_sweep.py). Standard library only: `mlxlab.sdg` imports this module and its
+tests must run without mlx.
+
+Three gates depend on the kind of leaf. `off_task` for knowledge asks whether the sample speaks the documents'
+vocabulary (for back-translated knowledge, whose answer is a document passage, the question alone; with
+`grounding_threshold` set, whether the passage itself answers the question). A skill's topic is free
+(a pet-name leaf's new animal is new words), so for skills new words alone are no reason: the sample is off task only
+when it has neither the leaf's words nor the seed answers' form (code where they have code, prose where they have
+none, a script such as Latin or Hangul that one of them uses). `length` bounds answers by the texts answers are drawn
+from: the seed answers, or for back-translated knowledge the document passages that are the answers. `truncated`
+reads only the question of a back-translated pair (its answer is the document's own text, not a generation).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 GATES = ("leakage", "repetition", "truncated", "not_a_question", "echo", "length", "seed_copy", "off_task")
@@ -64,6 +75,11 @@ class GateSettings:
     seed_copy_threshold: float = 0.8      # ROUGE-L of question+answer against a seed pair at or above this: a copy
     echo_threshold: float = 0.7           # ROUGE-L of answer against its question at or above this: an echo
     on_task_threshold: float = 0.3        # least share of the sample's content words found in the leaf's vocabulary
+    # back-translated: least share of the question's words in its passage (or the leaf's subject); 0 = off. On the
+    # hand-labelled sweep 0.6 removed unusable knowledge pairs at precision 0.93, but on the shipped Jolie leaf it
+    # removed half the questions the other gates pass, good ones among them ("What is the Jolie philosophy?" of a
+    # passage under that heading): off until measured on more labels
+    grounding_threshold: float = 0.0
     max_line_repeats: int = 2             # a prose line or sentence (4+ words, 20+ chars) seen more often: a loop
     max_code_line_repeats: int = 4        # the same inside code fences, where repeated lines are normal
     max_repeated_ngrams: float = 0.5      # largest share of word 4-grams that repeat an earlier one
@@ -76,35 +92,69 @@ class LeafProfile:
     seed_questions: tuple[tuple[str, ...], ...]     # words of each seed question
     seed_pairs: tuple[tuple[str, ...], ...]         # words of each seed question + answer
     question_words: tuple[int, int] | None          # (min, max) word counts of the seed questions; None: no seeds
-    answer_words: tuple[int, int] | None
+    answer_words: tuple[int, int] | None            # of the seed answers, or of the passages that are the answers
     vocabulary: frozenset[str]                      # content stems of the task, seeds and documents
+    documents: bool = False                         # knowledge: off_task reads the vocabulary, else the form
+    answers_from_documents: bool = False            # back-translated: the answer is a passage, the question is asked
+    answer_forms: frozenset[str] = frozenset()      # the seed answers' forms ("code", "prose", scripts)
+    shared_questions: frozenset[tuple[str, ...]] = frozenset()   # seed questions that several seeds ask
+    subject: frozenset[str] = frozenset()           # content stems that a third of the seed questions use
 
 
-def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Iterable[str] = ()) -> LeafProfile:
-    """From a leaf's seed (question, answer) pairs, its task description and (knowledge) its document text."""
+def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Iterable[str] = (),
+                 answers: Iterable[str] | None = None) -> LeafProfile:
+    """From a leaf's seed (question, answer) pairs, its task description and (knowledge) its document text.
+
+    `answers`: the texts the generated answers are (back-translated knowledge: the document passages); their word
+    counts then bound the answers instead of the seed answers'.
+    """
+    documents = [_text(d) for d in documents]
     questions = [_words(_text(q)) for q, _ in pairs]
-    answers = [_words(_text(a)) for _, a in pairs]
+    answers_words = [_words(_text(a)) for _, a in pairs]
+    drawn = [_words(_text(a)) for a in answers] if answers is not None else answers_words
     vocabulary = set(_content(_text(task)))
-    for text in [t for pair in pairs for t in pair] + list(documents):
+    for text in [t for pair in pairs for t in pair] + documents:
         vocabulary.update(_content(_text(text)))
     return LeafProfile(
         seed_questions=tuple(tuple(q) for q in questions),
-        seed_pairs=tuple(tuple(q + a) for q, a in zip(questions, answers)),
+        seed_pairs=tuple(tuple(q + a) for q, a in zip(questions, answers_words)),
         question_words=(min(map(len, questions)), max(map(len, questions))) if questions else None,
-        answer_words=(min(map(len, answers)), max(map(len, answers))) if answers else None,
-        vocabulary=frozenset(vocabulary))
+        answer_words=(min(map(len, drawn)), max(map(len, drawn))) if drawn else None,
+        vocabulary=frozenset(vocabulary), documents=any(d.strip() for d in documents),
+        answers_from_documents=answers is not None,
+        answer_forms=frozenset(f for _, a in pairs for f in _form(_text(a))),
+        shared_questions=frozenset(q for q, n in Counter(map(tuple, questions)).items() if n > 1),
+        subject=_subject([_text(q) for q, _ in pairs]))
+
+
+def _subject(questions: list[str]) -> frozenset[str]:
+    """The leaf's subject as its seed questions name it ("black-capped chickadee", "CephFS"): the content stems
+    that at least a third of them (and two or more) use."""
+    counts = Counter(stem for q in questions for stem in set(_content(q)))
+    return frozenset(stem for stem, n in counts.items() if n >= max(2, len(questions) / 3))
 
 
 def check_sample(question: str, answer: str, profile: LeafProfile, *, finish_reason: str = "stop",
                  context: str = "", settings: GateSettings | None = None) -> tuple[str, str] | None:
     """(gate, reason) of the first gate the sample fails, in GATES order, or None when it passes all."""
+    return next(_failures(question, answer, profile, finish_reason, context, settings), None)
+
+
+def check_all(question: str, answer: str, profile: LeafProfile, *, finish_reason: str = "stop",
+              context: str = "", settings: GateSettings | None = None) -> list[tuple[str, str]]:
+    """(gate, reason) of every gate the sample fails, in GATES order: to measure each gate on its own."""
+    return list(_failures(question, answer, profile, finish_reason, context, settings))
+
+
+def _failures(question, answer, profile: LeafProfile, finish_reason: str, context: str,
+              settings: GateSettings | None) -> Iterator[tuple[str, str]]:
     s = settings or GateSettings()
     q, a = _text(question), _text(answer)
     qw, aw = _words(q), _words(a)
     checks = (
         ("leakage", lambda: _leakage(q, "question", chatter=True) or _leakage(a, "answer")),
         ("repetition", lambda: _repetition(q, a, s)),
-        ("truncated", lambda: _truncated(q, a, finish_reason)),
+        ("truncated", lambda: _truncated(q, "" if profile.answers_from_documents else a, finish_reason)),
         ("not_a_question", lambda: _not_a_question(q, qw, profile)),
         ("echo", lambda: _echo(q, a, qw, aw, s)),
         ("length", lambda: _length(qw, aw, profile, s)),
@@ -114,8 +164,7 @@ def check_sample(question: str, answer: str, profile: LeafProfile, *, finish_rea
     for gate, check in checks:
         reason = check()
         if reason:
-            return gate, reason
-    return None
+            yield gate, reason
 
 
 def _text(value) -> str:
@@ -302,7 +351,8 @@ def _length(qw: list[str], aw: list[str], profile: LeafProfile, s: GateSettings)
         low, high = (max(floor, seeds[0] / s.length_factor), max(40, seeds[1] * s.length_factor)) if seeds else \
             (floor, float("inf"))
         if not low <= n <= high:
-            seen = f"seeds have {seeds[0]}-{seeds[1]}" if seeds else f"needs at least {floor}"
+            source = "passages" if where == "answer" and profile.answers_from_documents else "seeds"
+            seen = f"{source} have {seeds[0]}-{seeds[1]}" if seeds else f"needs at least {floor}"
             return f"{where} has {n} word{'' if n == 1 else 's'}; {seen}"
     return None
 
@@ -311,8 +361,11 @@ def _seed_copy(qw: list[str], aw: list[str], profile: LeafProfile, s: GateSettin
     t = s.seed_copy_threshold
     q_masks, pair, pair_masks = _masks(qw), qw + aw, None
     for i, (seed_q, seed_pair) in enumerate(zip(profile.seed_questions, profile.seed_pairs)):
-        score = _rouge(seed_q, qw, t, q_masks)
-        if score >= t:
+        # a templated question with a new subject ("Tell me a pun about X") asks something new: a copy asks nothing
+        # beyond the seed's own words; and where several seeds ask the same question ("Tell me a knock knock
+        # joke"), the leaf itself says that a new answer to it is a new sample
+        score = _rouge(seed_q, qw, t, q_masks) if seed_q not in profile.shared_questions else 0.0
+        if score >= t and not set(qw) - set(seed_q) - _STOPWORDS:
             return f"the question is a near-copy of seed question {i + 1} (ROUGE-L {score:.2f})"
         if 2 * min(len(pair), len(seed_pair)) / (len(pair) + len(seed_pair) or 1) >= t:
             pair_masks = pair_masks or _masks(pair)
@@ -378,16 +431,74 @@ def _content(text: str) -> list[str]:
 
 
 def _off_task(question: str, answer: str, context: str, profile: LeafProfile, s: GateSettings) -> str | None:
-    # The measure is the share of the sample's distinct content words that the leaf's vocabulary (task, seeds,
+    # Knowledge: the share of the sample's distinct content words that the leaf's vocabulary (task, seeds,
     # documents, this sample's context) holds. Distinct words, so that one term repeated does not decide; a share
     # of the sample rather than a cosine with a seed, so that an on-task sample with new words about the same topic
-    # keeps most of its words in the vocabulary while a sample about something else keeps almost none.
-    words = set(_content(question + "\n" + answer))
+    # keeps most of its words in the vocabulary while a sample about something else keeps almost none. A
+    # back-translated answer is a passage of the documents, always in the vocabulary: there the question must be
+    # one that its passage answers (see _ungrounded).
+    if profile.answers_from_documents and s.grounding_threshold > 0:
+        return _ungrounded(question, answer, profile, s)
+    words = set(_content(question if profile.answers_from_documents else question + "\n" + answer))
     vocabulary = profile.vocabulary | set(_content(context)) if context else profile.vocabulary
     if len(words) < 3 or not vocabulary:
         return None                     # too little to judge, or nothing to judge against
     share = len(words & vocabulary) / len(words)
-    if share < s.on_task_threshold:
-        return f"only {share:.0%} of its content words occur in the leaf's seeds and documents " \
-               f"(needs {s.on_task_threshold:.0%})"
+    if share >= s.on_task_threshold:
+        return None
+    what = "the question's" if profile.answers_from_documents else "its"
+    reason = f"only {share:.0%} of {what} content words occur in the leaf's seeds and documents " \
+             f"(needs {s.on_task_threshold:.0%})"
+    if profile.documents:
+        return reason
+    # A skill's topic is free (a pet-name leaf's new animal is new words): new words alone are no reason. Off task
+    # is a sample with neither the leaf's words nor its answers' form (a Jolie code leaf answered with a recipe).
+    mismatch = _off_form(answer, profile)
+    return f"{reason}, and {mismatch}" if mismatch else None
+
+
+def _ungrounded(question: str, passage: str, profile: LeafProfile, s: GateSettings) -> str | None:
+    # Measured on hand-labelled back-translated pairs of public leaves: the small teacher's unusable questions ask
+    # about something the passage never mentions ("What does Swifties have to do with Ticketmaster?" of the
+    # article's opening); a question its passage answers uses the passage's words, or names the leaf's subject.
+    words = set(_content(question))
+    if not words:
+        return None
+    share = len(words & (set(_content(passage)) | profile.subject)) / len(words)
+    if share < s.grounding_threshold:
+        return f"only {share:.0%} of the question's content words occur in its passage " \
+               f"(needs {s.grounding_threshold:.0%}): the passage does not answer it"
+    return None
+
+
+# a fenced block, or a line that only code writes: a statement ending in ; or {, a closing brace alone
+_CODE_LINE = re.compile(r"^\s*(?:```|~~~)|[;{]\s*$|^\s*}\s*$", re.MULTILINE)
+
+
+def _form(text: str) -> set[str]:
+    """What an answer is made of: "code" or "prose", and each writing script of a fifth or more of its letters."""
+    forms = {"code" if len(_CODE_LINE.findall(text)) >= 2 else "prose"}
+    letters = [ch for ch in text if ch.isalpha()]
+    scripts = Counter(_script(ch) for ch in letters)
+    forms.update(name for name, n in scripts.items() if n >= 0.2 * len(letters))
+    return forms
+
+
+def _script(ch: str) -> str:
+    # the first word of a letter's Unicode name is its script (LATIN, HANGUL, CJK, CYRILLIC, ...)
+    return "latin" if ch < "\u0250" else unicodedata.name(ch, "other ").split()[0].lower()
+
+
+def _off_form(answer: str, profile: LeafProfile) -> str | None:
+    seeds = profile.answer_forms
+    if not seeds:
+        return None
+    form = _form(answer)
+    for kind in ("code", "prose"):
+        if kind in form and kind not in seeds:
+            return f"the answer is {kind}, and no seed answer is"
+    scripts = {f for f in form if f not in ("code", "prose")}
+    if scripts and not scripts & seeds:
+        return f"the answer is written in {', '.join(sorted(scripts))}; the seed answers in " \
+               f"{', '.join(sorted(seeds - {'code', 'prose'}))}"
     return None

@@ -325,8 +325,10 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     else:
         items = lab.skills_pipeline(run, seeds)
     if cfg.gates:
+        # a back-translated answer is a passage: its length bounds come from the passages, not the seed answers
         profile = leaf_profile([(s["question"], s["answer"]) for s in seeds], task=leaf.task_description or "",
-                               documents=[c.text for c in chunks])
+                               documents=[c.text for c in chunks],
+                               answers=[p["text"] for p in run.passages] if back_translated else None)
         items = gate_stage(run, items, profile)
     if methods["scorer"] == "likelihood":
         items = likelihood_stage(run, items)

@@ -364,3 +364,97 @@ def test_hundreds_of_samples_are_fast():
     for question, answer in samples[:300]:
         check_sample(question, answer, profile)
     assert time.perf_counter() - start < 3.0     # ~0.2 s here; generous for slow CI machines
+
+
+# ---------------------------------------------------------------------------------------------- per kind (issue 20)
+
+# a creative freeform skill with short answers: every new animal is new words
+PET_NAMES = leaf_profile([
+    ("Suggest a name for my fluffy white cat who sleeps all day.", "Snowball, Cloud, Dozy"),
+    ("What should I call my brown puppy that loves to dig?", "Digger, Cocoa, Bandit"),
+    ("I have a tiny green turtle that hides in its shell. Name ideas?", "Shelly, Pebble, Sprout"),
+    ("Give me a name for a loud parrot that talks all day.", "Chatter, Echo, Polly"),
+    ("Name ideas for a fast black horse with a white star on its forehead?", "Comet, Midnight, Blaze"),
+], task="Suggest pet names for an animal that the user describes.")
+
+
+def test_a_creative_skill_keeps_samples_with_new_words():
+    # the issue's example: the teacher's on-task pairs were all removed as off_task (8% of their words in the seeds)
+    assert check_sample("What do you call a coastal bird that is super shiny and has a long tail?",
+                        "Xhaki, Shiro, Glimmer", PET_NAMES) is None
+    assert check_sample("Suggest a name for my grumpy old hamster that hoards sunflower seeds.",
+                        "Nibbles, Grumbles, Hoarder", PET_NAMES) is None
+    # new words in another form are still off task: code in a leaf whose answers are a few names
+    assert gate("Suggest a name for my hamster.", JOLIE_CODE, PET_NAMES) == "off_task"
+
+
+def test_a_skill_answered_in_another_script_is_off_task():
+    korean = leaf_profile([("Count from 1 to 5 in Korean.", "하나\n둘\n셋\n넷\n다섯"),
+                           ("Count from 6 to 10 in Korean.", "여섯\n일곱\n여덟\n아홉\n열")],
+                          task="Count in Korean")
+    assert check_sample("How do you say eleven, twelve and thirteen in Korean?", "열하나\n열둘\n열셋",
+                        korean) is None
+    assert gate("Count the days of the week in Korean.", "Monday, Tuesday, Wednesday and Thursday come first, "
+                "then Friday, Saturday and Sunday close the week for every calendar.", korean) == "off_task"
+
+
+# a public InstructLab knowledge leaf: seed answers of a few words, back-translated answers of whole passages
+SHORT_SEEDS = [("Where does the black-capped chickadee live?", "In North American forests."),
+               ("What does the chickadee eat in winter?", "Seeds, berries and insect eggs."),
+               ("How long does a chickadee live?", "About two to three years.")]
+PASSAGE = ("The black-capped chickadee is a small, nonmigratory songbird that lives in deciduous and mixed forests "
+           "of North America. It has a black cap and bib, white cheeks, a gray back and wings, and whitish "
+           "underparts with rusty flanks. In winter it caches seeds and insects in bark crevices and finds them "
+           "again many weeks later by memory.")
+
+
+def test_a_back_translated_passage_is_not_cut_by_the_seed_answers_length():
+    assert len(PASSAGE.split()) == 57
+    question = "What does the black-capped chickadee look like, and where does it live?"
+    documents = [PASSAGE, "Chickadees form flocks in winter and nest in tree cavities in spring."]
+    by_seeds = leaf_profile(SHORT_SEEDS, task="The black-capped chickadee", documents=documents)
+    by_passages = leaf_profile(SHORT_SEEDS, task="The black-capped chickadee", documents=documents,
+                               answers=[PASSAGE, documents[1] + " " + PASSAGE])
+    assert gate(question, PASSAGE, by_seeds) == "length"       # a teacher's own 57-word answer: 3x the seeds at most
+    assert check_sample(question, PASSAGE, by_passages) is None
+    # the passages' range still bounds the question, and the question alone decides off_task (the answer is the text)
+    assert gate("Which recipe makes the best chocolate cake for a birthday party with friends?", PASSAGE,
+                by_passages) == "off_task"
+
+
+def test_a_templated_question_with_a_new_subject_is_no_seed_copy():
+    # public skill leaves ask in one template ("Tell me a pun about X"): a new X is a new sample, the same X a copy
+    puns = leaf_profile([("Tell me a pun about coffee.", "Why did the coffee file a police report? It got mugged."),
+                         ("Tell me a pun about bread.", "Why did the loaf stay home? It was feeling crumby."),
+                         ("Tell me a pun about trees.", "Why do trees hate tests? They get stumped.")],
+                        task="Tell puns")
+    assert check_sample("Tell me a pun about sunscreen.", "Why did the sunscreen quit? It was burned out.",
+                        puns) is None
+    assert gate("Tell me a pun about coffee!", "What do you call sad coffee? Depresso.", puns) == "seed_copy"
+
+
+def test_a_new_answer_to_the_question_every_seed_asks_is_no_seed_copy():
+    jokes = leaf_profile([("Tell me a knock knock joke", "Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in!"),
+                          ("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!"),
+                          ("Tell me a knock knock joke", "Knock knock. Who's there? Figs. Figs who? Figs the bell!")],
+                         task="telling knock knock jokes")
+    assert check_sample("Tell me a knock knock joke", "Knock knock. Who's there? Interrupting cow. Interrupting "
+                        "cow wh- MOO!", jokes) is None
+    # the same joke again is still a copy
+    assert gate("Tell me a knock knock joke", "Knock knock. Who's there? Boo. Boo who? Don't cry!",
+                jokes) == "seed_copy"
+
+
+def test_a_back_translated_question_must_be_one_its_passage_answers_when_grounding_is_on():
+    documents = [PASSAGE, "Chickadees form flocks in winter and nest in tree cavities in spring."]
+    profile = leaf_profile(SHORT_SEEDS, documents=documents, answers=documents)
+    grounded = GateSettings(grounding_threshold=0.6)
+    # measured on public leaves: most unusable back-translated questions ask what their passage never mentions
+    question = "How many eggs does the chickadee lay, and when do the young fledge?"
+    assert check_sample(question, PASSAGE, profile) is None                     # off by default (see GateSettings)
+    assert check_sample(question, PASSAGE, profile, settings=grounded)[0] == "off_task"
+    assert check_sample("Where does the chickadee hide seeds and insects in winter?", PASSAGE, profile,
+                        settings=grounded) is None
+    # the leaf's subject counts as asked about, and the passage's own ending is not a truncated generation
+    assert check_sample("Where do chickadees cache their seeds?", "In winter they cache seeds:", profile,
+                        settings=grounded) is None

@@ -800,3 +800,22 @@ def test_an_edited_document_with_the_embedded_teacher_asks_only_about_its_new_pa
     assert added == [f"questions/{new_key}/0"]            # the three unchanged passages kept their questions
     keys = {p["text"]: key for key, p in passage_keys(passages([doc]))}
     assert all(s["unit"].split("/")[0] == keys[s["answer"]] for s in _generated(tmp_path / "data", "knowledge"))
+
+
+def test_back_translated_passages_longer_than_three_seed_answers_are_kept(tmp_path):
+    # issue 20: public knowledge leaves have one-sentence seed answers (here 7 words); a passage of 57 words is the
+    # answer of a back-translated pair, and the length gate bounded it by 3 x the seed answers (40 words)
+    from mlxlab import sdg
+
+    tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
+    passage = ("Olympus Mons is the largest volcano in the solar system. It stands on Mars, about 22 kilometres "
+               "high, nearly three times the height of Mount Everest. The volcano is so wide and its slopes so "
+               "gentle that someone standing on it would not see the summit. Lava flows built it over billions "
+               "of years; cliffs ring it.")
+    assert len(passage.split()) == 57
+    (tmp_path / "taxonomy-docs" / "mars.md").write_text(f"# Mars\n\n## Volcanoes\n\n{passage}\n")
+    result = sdg.generate_data(tax, teacher=FewshotTeacher(), output=tmp_path / "data", samples_per_seed=1,
+                               quiet=True, keep_fraction=1.0, allow_empty=True)
+    knowledge = next(leaf for leaf in json.loads(result.report.read_text())["leaves"] if leaf["kind"] == "knowledge")
+    assert knowledge["gates"].get("length", 0) == 0, knowledge["gate_examples"]
+    assert knowledge["kept"] == 1
