@@ -64,9 +64,9 @@ def main() -> None:
 
     def export():
         try:
-            from mlxlab.gguf_export import export_gguf  # noqa: F401
+            from mlxlab.gguf import export_gguf  # noqa: F401
         except ImportError:
-            return {"note": "mlxlab.gguf_export not available in this version"}
+            return {"note": "mlxlab.gguf.gguf_export not available in this version"}
         return {"note": "export is checked by tests/test_export.py"}
 
     for name, fn in (("load", load), ("batched generate", generate), ("20 LoRA steps", train),

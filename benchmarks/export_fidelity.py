@@ -31,7 +31,7 @@ SMOLLM_TYPES = ["f16", "q8_0", "q4_1", "q4_k_m"]
 
 def long_probe(tokenizer, positions: int = 256) -> str:
     """The export probe repeated until it tokenizes to at least `positions` tokens."""
-    from mlxlab.gguf_export import PROBE
+    from mlxlab.gguf.gguf_export import PROBE
 
     text = PROBE
     while len(tokenizer.encode(text)) < positions:
@@ -41,7 +41,7 @@ def long_probe(tokenizer, positions: int = 256) -> str:
 
 def measure(model_dir: Path, out_dir: Path, out_type: str, probe: str) -> dict:
     """Export once without the built-in check, then verify with the long probe; one result row."""
-    from mlxlab.gguf_export import export_gguf, verify_gguf
+    from mlxlab.gguf import export_gguf, verify_gguf
 
     start = time.perf_counter()
     result = export_gguf(model_dir, out_dir, out_type=out_type, verify=False, force=True)

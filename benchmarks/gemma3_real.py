@@ -55,7 +55,7 @@ def main() -> None:
     import numpy as np
     from mlx_lm import load as mlx_load
 
-    from mlxlab.gguf_export import PROBE, export_gguf, verify_gguf
+    from mlxlab.gguf.gguf_export import PROBE, export_gguf, verify_gguf
     from mlxlab.llamacpp import load_llama
     from mlxlab.models import cache_dir, import_gguf, load_model
 

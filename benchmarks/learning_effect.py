@@ -7,7 +7,7 @@ a finished run). The ablation copies the run's data with every `metadata.source 
 ablation are then measured on the benchmark's own held-out sets, which no stage reads:
 
 - mean NLL per assistant token on benchmarks/data/jolie_heldout.jsonl (also split by `only_in_documents`) and
-  benchmarks/data/general_chat.jsonl (forgetting), with `mlxlab.evaluate.heldout_loss`;
+  benchmarks/data/general_chat.jsonl (forgetting), with `mlxlab.evaluate.evaluation.heldout_loss`;
 - ROUGE-L of greedy answers (80 new tokens) against the Jolie reference answers.
 
 It also reports the SDG gate pass shares per leaf (data/report.json), the checkpoint each training kept, the stage
@@ -77,7 +77,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _read_records(path: Path) -> list[dict]:
-    from mlxlab.data import read_jsonl
+    from mlxlab.train import read_jsonl
 
     if not path.is_file():
         raise BenchError(f"{path}: not found")
@@ -228,7 +228,7 @@ def _phase_records(adapters: Path) -> list[dict]:
 def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict, *, length: str,
                    redo: bool) -> dict:
     """Train the ablation (same settings and phases as the run, no generated samples) into `out`."""
-    from mlxlab.datasets import GENERAL_VALID
+    from mlxlab.sdg.datasets import GENERAL_VALID
     from mlxlab.pipeline import plan_phases
     from mlxlab.train import train
 
@@ -279,8 +279,8 @@ def train_ablation(run_dir: Path, out: Path, model: str, cfg, run_section: dict,
 def measure(label: str, model: str, adapters: Path | None, jolie: list[dict], general: list[dict],
             rouge_n: int, max_tokens: int) -> dict:
     """NLL on the Jolie (split by only_in_documents) and general sets, and ROUGE-L of greedy Jolie answers."""
-    from mlxlab.evaluate import _ModelTeacher, heldout_loss
-    from mlxlab.sdg import rouge_l
+    from mlxlab.evaluate.evaluation import _ModelTeacher, heldout_loss
+    from mlxlab.sdg.sdg import rouge_l
 
     if adapters is not None:
         missing = [n for n in ("adapters.safetensors", "adapter_config.json") if not (adapters / n).is_file()]
@@ -371,8 +371,8 @@ def _raw_samples(data: Path) -> dict[tuple[str, str], dict]:
 
 def _profiles(tax_root: Path, gen: dict) -> dict:
     """leaf name -> the gates' LeafProfile from its training seeds, as SDG built it (documents left out)."""
-    from mlxlab.datasets import split_seeds
-    from mlxlab.gates import leaf_profile
+    from mlxlab.sdg import split_seeds
+    from mlxlab.sdg import leaf_profile
     from mlxlab.taxonomy import Taxonomy
 
     try:
@@ -391,7 +391,7 @@ def _profiles(tax_root: Path, gen: dict) -> dict:
 
 def sample_generated(run_dir: Path, tax_root: Path, gen: dict, count: int, seed: int) -> dict:
     """`count` random generated training samples with their gate verdicts (leakage and repetition count)."""
-    from mlxlab.gates import check_sample, leaf_profile
+    from mlxlab.sdg import check_sample, leaf_profile
 
     data = run_dir / "data"
     pool, seen = [], set()

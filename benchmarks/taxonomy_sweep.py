@@ -44,8 +44,8 @@ KINDS = {"freeform_skill": "skills freeform", "grounded_skill": "skills grounded
 
 def child(taxonomy: Path, out: Path, samples_per_seed: int) -> None:
     """Generate one leaf's data into `out`, recording every pair the gates saw and the profile they used."""
-    import mlxlab.gates as gates
-    import mlxlab.sdg as sdg
+    import mlxlab.sdg.gates as gates
+    import mlxlab.sdg.sdg as sdg
 
     seen: list[dict] = []
     profiles: list[dict] = []
@@ -204,7 +204,7 @@ def load_labels(path: Path = LABELS) -> list[dict]:
 def gate_verdicts(rows: list[dict]) -> dict[tuple[str, str, str], list[str]]:
     """(leaf, question, answer) -> every gate that fails the pair, by the gates of this checkout and the leaf's
     recorded profile inputs (so labels made on one run are scored against today's gates)."""
-    import mlxlab.gates as gates
+    import mlxlab.sdg.gates as gates
 
     out = {}
     for row in rows:
@@ -228,7 +228,7 @@ def gate_verdicts(rows: list[dict]) -> dict[tuple[str, str, str], list[str]]:
 
 def precision_recall(labels: list[dict], verdicts: dict) -> dict:
     """Per kind group and gate (and 'any gate'): removals, precision and recall of removing unusable pairs."""
-    from mlxlab.gates import GATES
+    from mlxlab.sdg import GATES
 
     table: dict[str, dict] = {}
     for group in [*KINDS.values(), "all"]:

@@ -1,4 +1,4 @@
-"""Training throughput: mlxlab.train vs mlx-lm's tuner loop, same model, data and hyperparameters, side by side.
+"""Training throughput: mlxlab.train.loop vs mlx-lm's tuner loop, same model, data and hyperparameters, side by side.
 
 Each run happens in its own subprocess (clean peak-memory counters). Two datasets: uniform lengths and
 mixed SDG-like lengths (a long tail). Reported: samples/s and trained-token/s over the training loop only
@@ -51,7 +51,7 @@ def build_model(folder: Path) -> Path:
 
 
 def run_mlxlab(model: str, data: Path, hp: dict) -> dict:
-    """One mlxlab.train run; figures from its result."""
+    """One mlxlab.train.loop run; figures from its result."""
     from mlxlab.train import train
 
     out = Path(tempfile.mkdtemp()) / "run"
@@ -75,7 +75,7 @@ def run_mlx_lm(model: str, data: Path, hp: dict) -> dict:
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from mlxlab.data import read_jsonl
+    from mlxlab.train import read_jsonl
     from mlxlab.device import apply_dtype
     from mlxlab.models import load_model
 

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model or ("smollm2" if args.tiny else STUDENT)
 
-    from mlxlab.fuse import fuse
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.train.fuse import fuse
+    from mlxlab.gguf import export_gguf
 
     out = Path(args.output)
     fused = fuse(model, args.adapters, out / "fused", force=True)

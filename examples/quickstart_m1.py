@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlxlab.errors import MlxlabError
     from mlxlab.evaluate import evaluate
-    from mlxlab.fuse import fuse
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.train.fuse import fuse
+    from mlxlab.gguf import export_gguf
     from mlxlab.sdg import generate_data
     from mlxlab.taxonomy import format_report, validate
     from mlxlab.train import train

@@ -6,10 +6,9 @@ notebooks do not pay for mlx, mlx_lm or llama_cpp until a stage needs them.
 
 from __future__ import annotations
 
-import importlib
-
 from mlxlab.device import bind_blas as _bind_blas
 from mlxlab.errors import MlxlabError
+from mlxlab.lazy import exports as _exports
 
 # MLX binds its BLAS symbols when mlx.core is first imported; load OpenBLAS before that can happen
 # (Linux CPU backend only; a no-op elsewhere). See device.bind_blas.
@@ -21,33 +20,27 @@ __version__ = "0.1.0"
 # evaluate) is not listed: importing the submodule would rebind `mlxlab.<name>` to the module.
 # Use `from mlxlab.train import train` for those.
 _LAZY = {
-    "Taxonomy": "mlxlab.taxonomy",
-    "validate": "mlxlab.taxonomy",
-    "diff": "mlxlab.taxonomy",
+    "Taxonomy": "mlxlab.taxonomy.taxonomy",
+    "validate": "mlxlab.taxonomy.taxonomy",
+    "diff": "mlxlab.taxonomy.taxonomy",
     "resolve_model": "mlxlab.models",
     "import_gguf": "mlxlab.models",
     "load_model": "mlxlab.models",
     "device_info": "mlxlab.device",
     "bind_blas": "mlxlab.device",
     "load_config": "mlxlab.config",
-    "Teacher": "mlxlab.teacher",
-    "make_teacher": "mlxlab.teacher",
-    "generate_data": "mlxlab.sdg",
-    "train_phases": "mlxlab.train",
-    "export_gguf": "mlxlab.gguf_export",
-    "attention_maps": "mlxlab.attention",
-    "plot_attention": "mlxlab.attention",
-    "sweep": "mlxlab.evaluate",
+    "Teacher": "mlxlab.teacher.teacher",
+    "make_teacher": "mlxlab.teacher.teacher",
+    "generate_data": "mlxlab.sdg.sdg",
+    "train_phases": "mlxlab.train.loop",
+    "export_gguf": "mlxlab.gguf.gguf_export",
+    "attention_maps": "mlxlab.evaluate.attention",
+    "plot_attention": "mlxlab.evaluate.attention",
+    "sweep": "mlxlab.evaluate.evaluation",
     "run": "mlxlab.pipeline",
 }
 
 __all__ = ["MlxlabError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mlxlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = _exports(__name__, _LAZY)

@@ -105,7 +105,7 @@ def _taxonomy_roots(args: argparse.Namespace) -> tuple[TaxonomyConfig, list[str]
 
 
 def _report_taxonomy(reports, args: argparse.Namespace) -> int:
-    from mlxlab.taxonomy import format_report
+    from mlxlab.taxonomy.taxonomy import format_report
 
     if args.json:
         _print(json.dumps([r.to_json() for r in reports], indent=2))
@@ -116,7 +116,7 @@ def _report_taxonomy(reports, args: argparse.Namespace) -> int:
 
 def _cmd_taxonomy_validate(args: argparse.Namespace) -> int:
     cfg, paths = _taxonomy_roots(args)
-    from mlxlab.taxonomy import validate
+    from mlxlab.taxonomy.taxonomy import validate
 
     reports = validate(paths, strict=cfg.strict, fetch_documents=cfg.fetch_documents)
     return _report_taxonomy(reports, args)
@@ -126,7 +126,7 @@ def _cmd_taxonomy_diff(args: argparse.Namespace) -> int:
     cfg, paths = _taxonomy_roots(args)
     if len(paths) != 1:
         raise UsageError("taxonomy diff takes one taxonomy root")
-    from mlxlab.taxonomy import diff
+    from mlxlab.taxonomy.taxonomy import diff
 
     reports = diff(paths[0], base=args.base, strict=cfg.strict, fetch_documents=cfg.fetch_documents)
     if not reports and not args.json:
@@ -161,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _setup_device(args)
     cfg = _settings(args, TrainConfig)
     model = args.model or _settings(args, ModelConfig).model
-    from mlxlab.train import read_phases, train
+    from mlxlab.train.loop import read_phases, train
 
     phases = read_phases(args.phases) if args.phases else None
     result = train(model, args.data, args.output, config=cfg, phases=phases)
@@ -183,9 +183,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     _setup_device(args)
     cfg = _settings(args, GenerateConfig)
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
-    from mlxlab.datasets import stats
+    from mlxlab.sdg.datasets import stats
 
     result = generate_data(config=cfg)
     if _other_rank():
@@ -208,7 +208,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
     _setup_device(args)
     cfg = _settings(args, FuseConfig)
-    from mlxlab.fuse import fuse
+    from mlxlab.train.fuse import fuse
 
     result = fuse(args.model or _settings(args, ModelConfig).model, args.adapters, args.output,
                   dequantize=cfg.dequantize, force=cfg.force)
@@ -222,7 +222,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     _setup_device(args)
     cfg = _settings(args, ExportConfig)
-    from mlxlab.gguf_export import export_gguf, result_dict
+    from mlxlab.gguf.gguf_export import export_gguf, result_dict
 
     result = export_gguf(args.model or _settings(args, ModelConfig).model, args.output, out_type=cfg.out_type,
                          verify=cfg.verify, force=cfg.force)
@@ -286,7 +286,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
 
     _setup_device(args)
     cfg = _settings(args, AttentionConfig)
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
 
     result = attention_maps(args.model or _settings(args, ModelConfig).model, args.prompt,
                             max_tokens=cfg.max_tokens, layers=cfg.layers, heads=cfg.heads, output=Path(cfg.output),
@@ -313,7 +313,7 @@ def _cmd_eval_run(args: argparse.Namespace) -> int:
             models[label] = (base, adapters)
         else:
             models[label] = ref
-    from mlxlab.evaluate import evaluate
+    from mlxlab.evaluate.evaluation import evaluate
 
     result = evaluate(models, output=args.output, config=cfg)
     _cmd_eval_print(result.summary)
@@ -331,7 +331,7 @@ def _cmd_eval_print(summary: dict) -> None:
 
 
 def _cmd_eval_grade(args: argparse.Namespace) -> int:
-    from mlxlab.evaluate import grade
+    from mlxlab.evaluate.evaluation import grade
 
     result = grade(args.output, seed=args.seed)
     _cmd_eval_print(result.summary)
@@ -345,7 +345,7 @@ def _cmd_eval_sweep(args: argparse.Namespace) -> int:
     cfg = _settings(args, EvalConfig)
     # training settings come from the `train:` section only: eval's flags (batch_size, ...) are not train's
     train_cfg = resolve(TrainConfig, file_config=load_config(args.config))
-    from mlxlab.evaluate import sweep
+    from mlxlab.evaluate.evaluation import sweep
 
     result = sweep(args.model or _settings(args, ModelConfig).model, args.data, args.output, config=cfg,
                    train_config=train_cfg)

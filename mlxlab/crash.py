@@ -84,11 +84,12 @@ def _library(stacks: str) -> str | None:
     block = stacks.split("Current thread", 1)[-1].split("\n\n", 1)[0] if "Current thread" in stacks else stacks
     for path in re.findall(r'File "([^"]+)"', block):
         path = path.replace("\\", "/")
-        if "/llama_cpp/" in path or path.endswith(("mlxlab/llama_batch.py", "mlxlab/llamacpp.py")):
+        if "/llama_cpp/" in path or path.endswith(("mlxlab/teacher/llama_batch.py", "mlxlab/llamacpp.py")):
             return "llama.cpp"
-        if "/mlx_lm/" in path or "/mlx/" in path or path.endswith(("mlxlab/mlx_batch.py", "mlxlab/train.py")):
+        if "/mlx_lm/" in path or "/mlx/" in path or path.endswith(("mlxlab/teacher/mlx_batch.py",
+                                                                     "mlxlab/train/loop.py")):
             return "MLX"
-        if "/gguf/" in path:
+        if "/gguf/" in path and "/mlxlab/gguf/" not in path:   # gguf-py, not mlxlab's own gguf stage
             return "gguf-py"
     return None
 

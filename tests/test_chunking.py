@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlxlab.chunking import chunk_text, passages, section_pairs
+from mlxlab.sdg.chunking import chunk_text, passages, section_pairs
 
 LONG = " ".join(f"word{i}" for i in range(110)) + "."                      # 110 words: a passage of its own
 SHORT = "This closing sentence has exactly fifteen words and used to vanish from every passage made."

@@ -95,7 +95,7 @@ def test_helpers_in_one_process():
 
 
 def test_two_ranks_train_the_same_adapters_as_one(tiny_llama, odd_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     one = train(tiny_llama, odd_data, tmp_path / "one", quiet=True, **SETTINGS)
     out = run_launch(train_args(tiny_llama, ranked(odd_data), str(tmp_path / "two-{rank}"), SETTINGS))
@@ -116,7 +116,7 @@ def test_two_ranks_train_the_same_adapters_as_one(tiny_llama, odd_data, tmp_path
 
 
 def test_kill_one_rank_then_resume_under_two_ranks(tiny_llama, odd_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     settings = {**SETTINGS, "num_iters": 40, "save_every": 2, "steps_per_eval": 0}
     one = train(tiny_llama, odd_data, tmp_path / "one", quiet=True, **settings)

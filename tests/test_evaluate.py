@@ -51,7 +51,7 @@ def prompt_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def swept(tiny_llama, tiny_data, prompt_file, tmp_path_factory):
     """One real sweep (2 and 4 iterations) on the tiny llama, shared by the tests that read its output."""
-    from mlxlab.evaluate import sweep
+    from mlxlab.evaluate.evaluation import sweep
 
     out = tmp_path_factory.mktemp("sweep")
     return sweep(tiny_llama, tiny_data, out, iters=[2, 4], prompts=prompt_file, k=2, max_tokens=12,
@@ -74,7 +74,7 @@ def swept(tiny_llama, tiny_data, prompt_file, tmp_path_factory):
     (None, None),
 ])
 def test_parse_judgement(text, score):
-    from mlxlab.evaluate import parse_judgement
+    from mlxlab.evaluate.evaluation import parse_judgement
 
     got, rationale = parse_judgement(text)
     assert got == score
@@ -83,7 +83,7 @@ def test_parse_judgement(text, score):
 
 
 def test_default_prompt_set_is_the_papers():
-    from mlxlab.evaluate import read_prompt_set
+    from mlxlab.evaluate.evaluation import read_prompt_set
 
     pset = read_prompt_set()
     assert [p.id for p in pset.prompts] == ["rest_api", "processes_sessions", "database", "hello_world", "calculator"]
@@ -99,7 +99,7 @@ def test_default_prompt_set_is_the_papers():
     ("prompts:\n  - id: a\n    prompt: 'unclosed\n", 4, "invalid YAML"),
 ])
 def test_prompt_set_errors_name_file_and_line(tmp_path, text, line, needle):
-    from mlxlab.evaluate import read_prompt_set
+    from mlxlab.evaluate.evaluation import read_prompt_set
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -110,7 +110,7 @@ def test_prompt_set_errors_name_file_and_line(tmp_path, text, line, needle):
 
 
 def test_summary_aggregates_judge_manual_and_rouge():
-    from mlxlab.evaluate import summarize
+    from mlxlab.evaluate.evaluation import summarize
 
     rows = [{"id": f"a{i}", "model": "m", "iteration": 3, "prompt": "p" if i < 2 else "q", "sample": i,
              "rouge_l": 0.5, "judge_score": s, "judge_raw": "x"} for i, s in enumerate([4, None, 2])]
@@ -127,8 +127,8 @@ def test_summary_aggregates_judge_manual_and_rouge():
 
 def test_scripted_judge_outputs_counted(prompt_file):
     from mlxlab.config import EvalConfig
-    from mlxlab.evaluate import judge_rows, read_prompt_set
-    from mlxlab.teacher import Completion, Teacher
+    from mlxlab.evaluate.evaluation import judge_rows, read_prompt_set
+    from mlxlab.teacher.teacher import Completion, Teacher
 
     class Scripted(Teacher):
         def __init__(self, outputs):
@@ -162,7 +162,7 @@ def test_sweep_writes_plots_table_and_heldout_loss(swept):
 
 
 def test_answers_repeat_with_fixed_seeds(swept, tiny_llama, prompt_file, tmp_path):
-    from mlxlab.evaluate import evaluate
+    from mlxlab.evaluate.evaluation import evaluate
 
     ckpt = swept.train.checkpoints[2]
     again = evaluate({"iter 2": (tiny_llama, ckpt)}, prompt_file, output=tmp_path, k=2, max_tokens=12, quiet=True)
@@ -171,7 +171,7 @@ def test_answers_repeat_with_fixed_seeds(swept, tiny_llama, prompt_file, tmp_pat
 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_llama, swept, tmp_path):
-    from mlxlab.evaluate import evaluate
+    from mlxlab.evaluate.evaluation import evaluate
 
     with pytest.raises(MlxlabError) as info:
         evaluate({"base": tiny_llama, "gone": (tiny_llama, tmp_path / "checkpoints" / "iter_000999")},
@@ -181,7 +181,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_llama, swept, tmp_path):
 
 
 def test_garbage_judge_is_counted_not_fatal(tiny_llama, make_tiny_model, prompt_file, tmp_path):
-    from mlxlab.evaluate import evaluate
+    from mlxlab.evaluate.evaluation import evaluate
 
     judge = make_tiny_model("qwen2", tmp_path / "judge", seed=3)   # a random model: its verdicts are noise
     result = evaluate({"base": tiny_llama}, prompt_file, output=tmp_path / "eval", k=1, max_tokens=8,
@@ -195,7 +195,7 @@ def test_garbage_judge_is_counted_not_fatal(tiny_llama, make_tiny_model, prompt_
 def test_manual_grading_blind_interrupted_and_resumed(swept, tmp_path):
     import shutil
 
-    from mlxlab.evaluate import grade
+    from mlxlab.evaluate.evaluation import grade
 
     out = tmp_path / "eval"
     shutil.copytree(swept.eval.output, out)
@@ -228,7 +228,7 @@ def test_cli_eval_run_and_grade(tiny_llama, prompt_file, tmp_path, capsys):
 
 
 def test_gguf_answers_through_llama_cpp(smollm2_gguf, prompt_file, tmp_path):
-    from mlxlab.evaluate import evaluate
+    from mlxlab.evaluate.evaluation import evaluate
 
     result = evaluate({"gguf": str(smollm2_gguf)}, prompt_file, output=tmp_path, k=1, max_tokens=6, quiet=True)
     rows = [json.loads(line) for line in result.results.read_text().splitlines()]
@@ -240,7 +240,7 @@ def test_gguf_answers_through_llama_cpp(smollm2_gguf, prompt_file, tmp_path):
                                               (None, "the prompt set not found")])
 def test_unreadable_or_missing_prompt_set_is_a_clear_error(tmp_path, content, message):
     from mlxlab.errors import MlxlabError
-    from mlxlab.evaluate import read_prompt_set
+    from mlxlab.evaluate.evaluation import read_prompt_set
 
     path = tmp_path / "prompts.yaml"
     if content is not None:

@@ -27,7 +27,7 @@ def _gguf_meta(path: Path) -> dict:
 
 @pytest.mark.parametrize("arch", list(F16_TOLERANCE))
 def test_tiny_model_exports_and_llama_cpp_matches_mlx(arch, make_tiny_model, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     model = make_tiny_model(arch)
     result = export_gguf(model, tmp_path, out_type="f16")
@@ -46,7 +46,7 @@ def test_tiny_model_exports_and_llama_cpp_matches_mlx(arch, make_tiny_model, tmp
 def test_metadata_is_what_llama_cpp_needs(tiny_llama, tmp_path):
     from gguf import GGUFValueType
 
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     result = export_gguf(tiny_llama, tmp_path / "x.gguf", out_type="f32", verify=False)
     meta = _gguf_meta(result.path)
@@ -60,7 +60,7 @@ def test_metadata_is_what_llama_cpp_needs(tiny_llama, tmp_path):
 
 
 def test_f32_export_is_exact(tiny_qwen2, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     result = export_gguf(tiny_qwen2, tmp_path, out_type="f32")
     assert result.max_abs_logit_diff < 1e-4 and result.top1_agreement == 1.0
@@ -69,7 +69,7 @@ def test_f32_export_is_exact(tiny_qwen2, tmp_path):
 # q8_0 is byte for byte llama.cpp's own q8_0 of the f16 export: 18 of 19 top-1 on this tiny random model
 @pytest.mark.parametrize("out_type,min_top1", [("q8_0", 0.9), ("bf16", 0.95), ("q4_k_m", 0.6)])
 def test_quantized_types_load_and_agree(out_type, min_top1, tiny_llama, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     f16 = export_gguf(tiny_llama, tmp_path, out_type="f16", verify=False)
     result = export_gguf(tiny_llama, tmp_path, out_type=out_type)
@@ -81,7 +81,7 @@ def test_quantized_types_load_and_agree(out_type, min_top1, tiny_llama, tmp_path
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tiny_llama, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     model = tmp_path / "neox"
     shutil.copytree(tiny_llama, model)
@@ -96,7 +96,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tiny_llama, tmp_path)
 def test_failing_write_leaves_no_half_file(tiny_llama, tmp_path, monkeypatch):
     import gguf
 
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     def disk_full(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -108,7 +108,7 @@ def test_failing_write_leaves_no_half_file(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_existing_output_is_kept_without_force(tiny_llama, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     target = tmp_path / "mine.gguf"
     target.write_bytes(b"the user's own file")
@@ -120,7 +120,7 @@ def test_existing_output_is_kept_without_force(tiny_llama, tmp_path):
 
 
 def test_a_broken_export_is_caught_by_verification(tiny_llama, tmp_path, monkeypatch):
-    import mlxlab.gguf_export as ge
+    import mlxlab.gguf.gguf_export as ge
 
     # forget llama.cpp's q/k row order: the file loads, but attention is wrong
     monkeypatch.setattr(ge, "_permute_qk", lambda x, n_heads: x)
@@ -130,7 +130,7 @@ def test_a_broken_export_is_caught_by_verification(tiny_llama, tmp_path, monkeyp
 
 
 def test_unknown_out_type(tiny_llama, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     with pytest.raises(MlxlabError, match="q4_k_m"):
         export_gguf(tiny_llama, tmp_path, out_type="q4_kk")
@@ -139,7 +139,7 @@ def test_unknown_out_type(tiny_llama, tmp_path):
 @pytest.mark.slow
 def test_embedded_smollm2_round_trip(smollm2_dir, tmp_path):
     """The 4-bit embedded model is dequantized and exported; llama.cpp reproduces MLX's next tokens."""
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     result = export_gguf(smollm2_dir, tmp_path, out_type="f16")
     assert result.architecture == "llama" and result.top1_agreement == 1.0
@@ -195,7 +195,7 @@ def _logits(model_dir: Path, adapters: Path | None = None):
 def test_fuse_reproduces_the_adapter_model(dora, tiny_llama, tmp_path):
     import numpy as np
 
-    from mlxlab.fuse import fuse
+    from mlxlab.train.fuse import fuse
 
     adapters = _train_adapters(tiny_llama, tmp_path / "adapters", dora=dora)
     result = fuse(tiny_llama, adapters, tmp_path / "fused")
@@ -206,14 +206,14 @@ def test_fuse_reproduces_the_adapter_model(dora, tiny_llama, tmp_path):
     assert np.abs(with_adapters - base).max() > 1e-2          # the training changed something
     np.testing.assert_allclose(fused, with_adapters, atol=1e-4)
     # and the fused model exports and verifies like any other
-    from mlxlab.gguf_export import export_gguf      # a broken import must fail here, not skip
+    from mlxlab.gguf.gguf_export import export_gguf      # a broken import must fail here, not skip
 
     exported = export_gguf(result.path, tmp_path / "gguf")
     assert exported.top1_agreement >= 0.95
 
 
 def test_fuse_rejects_corrupt_adapters(tiny_llama, tmp_path):
-    from mlxlab.fuse import fuse
+    from mlxlab.train.fuse import fuse
 
     adapters = _train_adapters(tiny_llama, tmp_path / "adapters", steps=1)
     weights = adapters / "adapters.safetensors"
@@ -231,7 +231,7 @@ def test_fuse_rejects_corrupt_adapters(tiny_llama, tmp_path):
 
 
 def test_fuse_rejects_adapters_of_another_base(tiny_llama, make_tiny_model, tmp_path):
-    from mlxlab.fuse import fuse
+    from mlxlab.train.fuse import fuse
 
     wider = make_tiny_model("llama", tmp_path / "wider", hidden_size=96, intermediate_size=192)
     adapters = _train_adapters(wider, tmp_path / "adapters", steps=1)
@@ -261,7 +261,7 @@ def test_cli_export_and_fuse(tiny_llama, tmp_path, capsys):
 
 
 def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp_path, monkeypatch):
-    import mlxlab.gguf_export as ge
+    import mlxlab.gguf.gguf_export as ge
 
     f16 = ge.export_gguf(tiny_llama, tmp_path / "f16.gguf", out_type="f16", verify=False).path
     monkeypatch.setattr(ge, "QUANTIZE_TIMEOUT_S", 0.01)
@@ -276,7 +276,7 @@ def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp
 def test_q8_0_export_of_a_float32_gemma_is_llama_cpps_own_q8_0(make_tiny_model, tmp_path):
     """A float32 Gemma (what a Gemma GGUF imports as): quantizing its float32 values rather than the f16 ones moved
     some q8_0 blocks a step from llama.cpp's q8_0 of the f16 export (top-1 83% against it), and the export failed."""
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     q8 = export_gguf(make_tiny_model("gemma3_text"), tmp_path / "q8.gguf", out_type="q8_0")
     ref = json.loads(q8.verify_report.read_text())["reference"]
@@ -284,7 +284,7 @@ def test_q8_0_export_of_a_float32_gemma_is_llama_cpps_own_q8_0(make_tiny_model, 
 
 
 def test_quantized_exports_are_checked_against_llama_cpps_own_quantizer(tiny_llama, tmp_path, monkeypatch):
-    import mlxlab.gguf_export as ge
+    import mlxlab.gguf.gguf_export as ge
 
     q8 = ge.export_gguf(tiny_llama, tmp_path / "q8.gguf", out_type="q8_0")
     ref = json.loads(q8.verify_report.read_text())["reference"]

@@ -43,13 +43,13 @@ def test_replace_dir_and_recovery(tmp_path):
 
 
 def test_one_cache_folder_with_home_expanded(monkeypatch, tmp_path):
-    import mlxlab.documents
+    import mlxlab.taxonomy.documents
     import mlxlab.models
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MLXLAB_CACHE", "~/my-cache")
     assert cache_dir() == tmp_path / "my-cache" and cache_dir().is_dir()
-    assert mlxlab.documents.cache_dir is cache_dir and mlxlab.models.cache_dir is cache_dir
+    assert mlxlab.taxonomy.documents.cache_dir is cache_dir and mlxlab.models.cache_dir is cache_dir
 
 
 def _tiny_state():
@@ -63,7 +63,7 @@ def _tiny_state():
 
 
 def test_a_resaved_checkpoint_is_never_missing(tmp_path, monkeypatch):
-    from mlxlab.checkpoints import checkpoints, save_checkpoint
+    from mlxlab.train.checkpoints import checkpoints, save_checkpoint
 
     model, optimizer = _tiny_state()
     save_checkpoint(tmp_path, 10, model, optimizer, {"step": 10, "run": "first"}, {})

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxlab.gates import GATES, GateSettings, LeafProfile, _rouge, check_sample, leaf_profile, rouge_l
+from mlxlab.sdg.gates import GATES, GateSettings, LeafProfile, _rouge, check_sample, leaf_profile, rouge_l
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "documents" / "jolie").glob("*.md"))]

@@ -124,7 +124,7 @@ def test_real_gemma3_first_position_matches_llama_cpp(gemma3_dir, short_referenc
 
 @pytest.mark.slow
 def test_real_gemma3_exports_back_through_the_sentencepiece_path(gemma3_dir, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     # the export's own check: llama.cpp tokenizes the probe as the model does, and its logits agree with MLX
     result = export_gguf(gemma3_dir, tmp_path / "gemma3-f16.gguf", out_type="f16")

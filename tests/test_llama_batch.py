@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from mlxlab.errors import MlxlabError, UsageError
-from mlxlab.llama_batch import teacher_gguf
-from mlxlab.teacher import Teacher, choose_backend, make_teacher
+from mlxlab.teacher.llama_batch import teacher_gguf
+from mlxlab.teacher.teacher import Teacher, choose_backend, make_teacher
 
 PATTERN = ("Q: What colour is the sky?\nA: Blue.\n\nQ: What colour is grass?\nA: Green.\n\n"
            "Q: What colour is snow?\nA:")
@@ -27,7 +27,7 @@ def _prompts(count: int) -> list[list[dict]]:
 @pytest.fixture(scope="module")
 def tiny_ggufs(tiny_llama, tiny_qwen2, tmp_path_factory) -> list:
     """f32 GGUFs of the tiny random llama and qwen2 models (no chat template: raw-text completion)."""
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     out = tmp_path_factory.mktemp("tiny-gguf")
     return [export_gguf(model, out / f"{model.name}.gguf", out_type="f32", verify=False).path
@@ -207,8 +207,8 @@ def test_auto_in_sdg_is_reported_and_a_failure_mid_batch_resumes(smollm2_gguf, t
     from test_sdg import make_taxonomy
 
     import mlxlab.device
-    from mlxlab.llama_batch import LlamaBatch
-    from mlxlab.sdg import generate_data
+    from mlxlab.teacher.llama_batch import LlamaBatch
+    from mlxlab.sdg.sdg import generate_data
 
     monkeypatch.setattr(mlxlab.device, "current_device", lambda: "cpu")
     tax = make_taxonomy(tmp_path / "taxonomy")
@@ -242,7 +242,7 @@ def test_auto_in_sdg_is_reported_and_a_failure_mid_batch_resumes(smollm2_gguf, t
 def test_a_context_is_freed_by_close_once_and_by_the_finaliser(tiny_ggufs, live_contexts):
     import gc
 
-    from mlxlab.llama_batch import LlamaBatch
+    from mlxlab.teacher.llama_batch import LlamaBatch
 
     teacher = Teacher(tiny_ggufs[0], backend="llama-cpp", batch_size=2, n_ctx=256)
     assert live_contexts() == 1
@@ -266,14 +266,14 @@ def test_sdg_closes_the_teacher_it_made_also_on_errors(tiny_ggufs, tmp_path, mon
     sys.path.insert(0, os.path.dirname(__file__))
     from test_sdg import make_taxonomy
 
-    import mlxlab.sdg
+    import mlxlab.sdg.sdg
     from mlxlab.pipeline import run
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     def failing(*args, **kwargs):
         raise MlxlabError("injected after the teacher was loaded")
 
-    monkeypatch.setattr(mlxlab.sdg, "_run_leaf", failing)
+    monkeypatch.setattr(mlxlab.sdg.sdg, "_run_leaf", failing)
     tax = make_taxonomy(tmp_path / "taxonomy")
     with pytest.raises(MlxlabError, match="injected") as info:
         generate_data(tax, teacher=str(tiny_ggufs[0]), teacher_backend="llama-cpp", batch_size=2,
@@ -293,8 +293,8 @@ def test_sdg_closes_the_teacher_it_made_also_on_errors(tiny_ggufs, tmp_path, mon
 
 
 def test_evaluate_closes_the_answerers_it_made_never_the_callers(tiny_ggufs, tmp_path, monkeypatch, live_contexts):
-    import mlxlab.evaluate
-    from mlxlab.evaluate import evaluate
+    import mlxlab.evaluate.evaluation
+    from mlxlab.evaluate.evaluation import evaluate
 
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("name: tiny\nprompts:\n  - id: a\n    prompt: What is a port?\n    reference: A port.\n")
@@ -317,7 +317,7 @@ def test_evaluate_closes_the_answerers_it_made_never_the_callers(tiny_ggufs, tmp
     def failing(*args, **kwargs):
         raise RuntimeError("injected while answering")
 
-    monkeypatch.setattr(mlxlab.evaluate, "rouge_l", failing)
+    monkeypatch.setattr(mlxlab.evaluate.evaluation, "rouge_l", failing)
     with pytest.raises(RuntimeError, match="injected") as info:
         evaluate({"gguf": str(tiny_ggufs[0])}, prompts, output=tmp_path / "eval2", k=1, max_tokens=4, quiet=True)
     assert info.value and live_contexts() == 1          # the answerer it made is freed; `mine` is still open

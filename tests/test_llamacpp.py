@@ -64,7 +64,7 @@ def test_when_every_setting_crashes_llama_cpp_is_not_used_and_auto_says_why(own_
     found = llamacpp.self_test(script=CRASH_ALWAYS)
     assert not found.usable and "every setting failed its self-test" in found.reason
     llamacpp._write_cache(llamacpp.build_key(), found)
-    from mlxlab.teacher import choose_backend
+    from mlxlab.teacher.teacher import choose_backend
 
     monkeypatch.setenv("MLXLAB_DEVICE", "cpu")
     backend, why = choose_backend()

@@ -1,4 +1,4 @@
-"""mlxlab.models / mlxlab.gguf_import: the embedded model, GGUF import, parity with llama.cpp, resolution."""
+"""mlxlab.models / mlxlab.gguf.gguf_import: the embedded model, GGUF import, parity with llama.cpp, resolution."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_other_gguf_types_import_and_match_llama_cpp(requantized, kind, max_mean
 # --- import mechanics -----------------------------------------------------------------------------
 
 def test_import_is_cached_and_force_reimports(tiny_llama, tmp_path):
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     gguf_file = export_gguf(tiny_llama, tmp_path / "tiny.gguf", out_type="f32", verify=False).path
     out = tmp_path / "imported"
@@ -237,7 +237,7 @@ def test_default_output_is_in_the_cache(smollm2_gguf, smollm2_dir, mlxlab_cache)
 
 
 def test_interrupted_import_leaves_nothing(smollm2_gguf, tmp_path, monkeypatch):
-    import mlxlab.gguf_import as gi
+    import mlxlab.gguf.gguf_import as gi
 
     def interrupted(path, dest):
         (dest / "model.safetensors").write_bytes(b"half a model")
@@ -388,7 +388,7 @@ def test_unsupported_gguf_gives_a_clear_error(tmp_path, arch, tokenizer_model, m
 def test_gemma_query_scale_follows_llama_cpp_by_model_size(make_tiny_model, tmp_path, model_type, layers, scalar):
     from mlx_lm import load
 
-    from mlxlab.gguf_export import export_gguf, verify_gguf
+    from mlxlab.gguf.gguf_export import export_gguf, verify_gguf
 
     source = make_tiny_model(model_type, tmp_path / "source", num_hidden_layers=layers, head_dim=32,
                              query_pre_attn_scalar=scalar)
@@ -477,7 +477,7 @@ def test_float_gguf_round_trip_reproduces_the_model(make_tiny_model, tmp_path, m
     phi3's fused projections) -> import: the same logits and the same tokens, for every exported architecture."""
     from mlx_lm import load
 
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     arch, overrides = ROUND_TRIP[model_type]
     source = make_tiny_model(model_type, tmp_path / "source", **overrides)

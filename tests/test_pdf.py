@@ -54,7 +54,7 @@ def write_pdf(path: Path, pages: list[list[str]]) -> Path:
 
 
 def test_a_pdf_reads_and_chunks_like_markdown(tmp_path):
-    from mlxlab.chunking import chunk_documents, read_document
+    from mlxlab.sdg.chunking import chunk_documents, read_document
 
     pdf = write_pdf(tmp_path / "jolie.pdf", PAGES)
     text = read_document(pdf)
@@ -69,7 +69,7 @@ def test_a_pdf_reads_and_chunks_like_markdown(tmp_path):
 
 
 def test_an_edited_pdf_is_read_again(tmp_path):
-    from mlxlab.chunking import read_document
+    from mlxlab.sdg.chunking import read_document
 
     pdf = write_pdf(tmp_path / "jolie.pdf", PAGES)
     assert "Execution Modality" in read_document(pdf) and read_document(pdf) == read_document(pdf)   # cached
@@ -78,7 +78,7 @@ def test_an_edited_pdf_is_read_again(tmp_path):
 
 
 def test_a_broken_pdf_is_a_clear_error(tmp_path):
-    from mlxlab.chunking import read_document
+    from mlxlab.sdg.chunking import read_document
 
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4\nthis is not really a pdf")
@@ -90,7 +90,7 @@ def test_sdg_reads_pdf_documents_instead_of_dropping_them(tmp_path):
     from types import SimpleNamespace
 
     from mlxlab.config import GenerateConfig
-    from mlxlab.sdg import LeafStats, _knowledge_chunks
+    from mlxlab.sdg.sdg import LeafStats, _knowledge_chunks
 
     pdf = write_pdf(tmp_path / "jolie.pdf", PAGES)
     leaf = SimpleNamespace(name="knowledge/jolie", kind="knowledge", documents=(pdf,))
@@ -139,7 +139,7 @@ def knowledge_taxonomy(tmp_path: Path, documents: dict[str, bytes]) -> tuple[Pat
 
 
 def test_a_password_protected_pdf_says_to_decrypt_it(tmp_path):
-    from mlxlab.chunking import read_document
+    from mlxlab.sdg.chunking import read_document
 
     locked = encrypted_pdf(tmp_path / "locked.pdf", "RC4-128", user_password="secret")   # RC4: pure pypdf
     with pytest.raises(MlxlabError, match="encrypted with a password") as caught:
@@ -152,7 +152,7 @@ def test_a_password_protected_pdf_says_to_decrypt_it(tmp_path):
 def test_a_damaged_pdf_is_a_clear_error(tmp_path, monkeypatch, damage):
     import pypdf
 
-    from mlxlab.chunking import read_document
+    from mlxlab.sdg.chunking import read_document
 
     if damage == "pypdf-bug":   # pypdf on a malformed file can raise KeyError, TypeError...: injected here
         def broken_reader(*args, **kwargs):
@@ -167,7 +167,7 @@ def test_a_damaged_pdf_is_a_clear_error(tmp_path, monkeypatch, damage):
 
 
 def test_validation_reports_an_unreadable_document_on_its_leaf(tmp_path):
-    from mlxlab.taxonomy import Taxonomy, validate
+    from mlxlab.taxonomy.taxonomy import Taxonomy, validate
 
     locked = encrypted_pdf(tmp_path / "locked.pdf", "RC4-128", user_password="secret").read_bytes()
     damaged = damaged_pdfs(tmp_path)
@@ -185,7 +185,7 @@ def test_validation_reports_an_unreadable_document_on_its_leaf(tmp_path):
 
 def test_an_aes_pdf_without_cryptography_is_a_validation_error(tmp_path):
     pytest.importorskip("cryptography", reason="pypdf writes AES-encrypted PDFs only with `cryptography`")
-    from mlxlab.chunking import read_document
+    from mlxlab.sdg.chunking import read_document
 
     aes = encrypted_pdf(tmp_path / "aes.pdf", "AES-256")
     assert "Input Ports" in read_document(aes)                  # with cryptography it reads

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mlxlab.chunking import chunk_text
+from mlxlab.sdg.chunking import chunk_text
 from mlxlab.errors import MlxlabError
 from mlxlab.prompts import extract, load_prompt, parse_score
-from mlxlab.sdg import Journal, remove_near_duplicates, rouge_l
+from mlxlab.sdg.sdg import Journal, remove_near_duplicates, rouge_l
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_parse_score(text, allowed, expected):
 
 
 def test_prompts_render_every_role():
-    from mlxlab.sdg import ROLES
+    from mlxlab.sdg.sdg import ROLES
 
     roles = ROLES
     assert {f"{r}.yaml" for r in roles} <= {p.name for p in (ROOT / "mlxlab" / "prompts").glob("*.yaml")}
@@ -171,7 +171,7 @@ def test_journal_ignores_torn_line_and_restarts_on_new_settings(tmp_path):
 
 
 def test_document_sections_become_questions_answered_by_their_text(tmp_path):
-    from mlxlab.chunking import section_pairs
+    from mlxlab.sdg.chunking import section_pairs
 
     doc = tmp_path / "mars.md"
     doc.write_text(MARS + "\n## Moons\n\nPhobos and Deimos are small,\nirregular moons that may be captured "
@@ -187,7 +187,7 @@ def test_document_sections_become_questions_answered_by_their_text(tmp_path):
 
 
 def test_passages_cover_whole_documents_in_whole_paragraphs(tmp_path):
-    from mlxlab.chunking import passages
+    from mlxlab.sdg.chunking import passages
 
     doc = tmp_path / "mars.md"
     doc.write_text(MARS + "\n## Moons\n\nMars has two moons, and both of them are small and\nirregular; "
@@ -218,14 +218,14 @@ def test_chunking_keeps_headings_and_bounds():
 # ---------------------------------------------------------------------------------------------- datasets
 
 def _leaf_stub(tmp_path):
-    from mlxlab.taxonomy import Taxonomy
+    from mlxlab.taxonomy.taxonomy import Taxonomy
 
     return Taxonomy.load(make_taxonomy(tmp_path / "tax", knowledge=True)).leaves
 
 
 def test_datasets_from_scripted_samples(tmp_path):
     from mlxlab.config import GenerateConfig
-    from mlxlab.datasets import split_seeds, stats, write_datasets
+    from mlxlab.sdg.datasets import split_seeds, stats, write_datasets
 
     leaves = _leaf_stub(tmp_path)
     kinds = {leaf.kind: leaf.name for leaf in leaves}
@@ -291,8 +291,8 @@ def test_datasets_from_scripted_samples(tmp_path):
 
 
 def test_held_out_seeds_are_never_shown_to_the_teacher(tmp_path):
-    from mlxlab import sdg
-    from mlxlab.datasets import split_seeds
+    from mlxlab.sdg import sdg
+    from mlxlab.sdg.datasets import split_seeds
 
     teacher = FewshotTeacher()
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
@@ -307,7 +307,7 @@ def test_held_out_seeds_are_never_shown_to_the_teacher(tmp_path):
 
 
 def test_invalid_taxonomy_reports_validator_messages(tmp_path):
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy", broken=True)
     with pytest.raises(MlxlabError) as info:
@@ -343,7 +343,7 @@ def _final(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
     result = generate_data(tax, output=tmp_path / "data", samples_per_seed=1, max_tokens=32, judge_max_tokens=12,
@@ -370,7 +370,7 @@ def test_small_real_run_with_embedded_teacher(smollm2_dir, tmp_path):
 
 @pytest.mark.slow
 def test_empty_leaf_is_an_error_naming_the_filters(smollm2_dir, tmp_path):
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy")
     # a threshold no judge can reach empties the leaf for certain
@@ -424,7 +424,7 @@ class ScriptedTeacher:
     backend, model_ref, url, batch_size, concurrency = "scripted", "scripted", None, 4, 1
 
     def __init__(self):
-        from mlxlab.teacher import GenerationStats
+        from mlxlab.teacher.teacher import GenerationStats
 
         self.stats = GenerationStats()
         self.calls = 0
@@ -433,7 +433,7 @@ class ScriptedTeacher:
         return len(text.split())
 
     def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
-        from mlxlab.teacher import Completion
+        from mlxlab.teacher.teacher import Completion
 
         self.calls += 1
         out = []
@@ -458,7 +458,7 @@ class ScriptedTeacher:
 
 
 def test_scripted_pipeline_counts_every_filter(tmp_path):
-    from mlxlab import sdg
+    from mlxlab.sdg import sdg
 
     teacher = ScriptedTeacher()
     tax = make_taxonomy(tmp_path / "taxonomy")
@@ -513,7 +513,7 @@ class FewshotTeacher:
     backend, model_ref, url, batch_size, concurrency = "scripted-small", "scripted-small", None, 4, 1
 
     def __init__(self):
-        from mlxlab.teacher import GenerationStats
+        from mlxlab.teacher.teacher import GenerationStats
 
         self.stats = GenerationStats()
         self.prompts: list[str] = []
@@ -530,7 +530,7 @@ class FewshotTeacher:
         return True
 
     def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
-        from mlxlab.teacher import Completion
+        from mlxlab.teacher.teacher import Completion
 
         out = []
         for text in texts:
@@ -564,8 +564,8 @@ KNOWLEDGE_QUESTIONS = {"Mars": "Which planet is fourth from the Sun?", "Atmosphe
 
 
 def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
-    from mlxlab import sdg
-    from mlxlab.chunking import passages
+    from mlxlab.sdg import sdg
+    from mlxlab.sdg.chunking import passages
 
     teacher = FewshotTeacher()
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
@@ -612,8 +612,8 @@ def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
 
 
 def test_self_replay_keeps_whole_sentences(tmp_path):
-    from mlxlab.datasets import general_prompts, self_replay
-    from mlxlab.teacher import Completion
+    from mlxlab.sdg.datasets import general_prompts, self_replay
+    from mlxlab.teacher.teacher import Completion
 
     class Student:
         def generate(self, prompts, **_):
@@ -635,8 +635,8 @@ def test_self_replay_keeps_whole_sentences(tmp_path):
 
 
 def test_shipped_evaluation_sets_are_valid_chat_data():
-    from mlxlab.data import read_jsonl
-    from mlxlab.datasets import GENERAL_VALID
+    from mlxlab.train.data import read_jsonl
+    from mlxlab.sdg.datasets import GENERAL_VALID
 
     general = read_jsonl(GENERAL_VALID)
     jolie = read_jsonl(ROOT / "benchmarks" / "data" / "jolie_heldout.jsonl")
@@ -645,8 +645,8 @@ def test_shipped_evaluation_sets_are_valid_chat_data():
     # the benchmark's sets are independent of what training watches and of the taxonomy's seeds
     questions = lambda rs: [r["messages"][0]["content"] for r in rs]  # noqa: E731
     assert max(rouge_l(a, b) for a in questions(general) for b in questions(held_general)) < 0.5
-    from mlxlab.datasets import seed_items
-    from mlxlab.taxonomy import Taxonomy
+    from mlxlab.sdg.datasets import seed_items
+    from mlxlab.taxonomy.taxonomy import Taxonomy
 
     seeds = [it["question"] for leaf in Taxonomy.load(ROOT / "taxonomy", fetch_documents=False).leaves
              for it in seed_items(leaf)]
@@ -690,7 +690,7 @@ class EchoTeacher(FewshotTeacher):
         return f"Why {' '.join(text.split()[-4:])}{example}?"
 
     def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
-        from mlxlab.teacher import Completion
+        from mlxlab.teacher.teacher import Completion
 
         out = []
         for text in texts:
@@ -706,7 +706,7 @@ class EchoTeacher(FewshotTeacher):
         return out
 
     def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
-        from mlxlab.teacher import Completion
+        from mlxlab.teacher.teacher import Completion
 
         out = []
         for messages in prompts:
@@ -728,7 +728,7 @@ def _generated(out: Path, kind: str) -> list[dict]:
 
 @pytest.mark.parametrize("style", ["fewshot", "lab"])
 def test_an_edited_document_never_pairs_old_questions_with_new_text(tmp_path, style):
-    from mlxlab import sdg
+    from mlxlab.sdg import sdg
 
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
     doc = tmp_path / "taxonomy-docs" / "mars.md"
@@ -758,7 +758,7 @@ def test_an_edited_document_never_pairs_old_questions_with_new_text(tmp_path, st
     (dict(backend="openai", concurrency=1), dict(backend="openai", concurrency=4)),    # group: concurrency x 2
     (dict(backend="llama-cpp", batch_size=1), dict(backend="llama-cpp", batch_size=5))])  # group: the batch
 def test_fewshot_prompts_do_not_depend_on_batch_or_fleet_size(tmp_path, small, large):
-    from mlxlab import sdg
+    from mlxlab.sdg import sdg
 
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
     (tmp_path / "taxonomy-docs" / "mars.md").write_text(RED_PLANET.replace("# Mars\n", f"# Mars\n\n{NEW_TOP}\n"))
@@ -780,9 +780,9 @@ def test_fewshot_prompts_do_not_depend_on_batch_or_fleet_size(tmp_path, small, l
 
 @pytest.mark.slow
 def test_an_edited_document_with_the_embedded_teacher_asks_only_about_its_new_passage(smollm2_dir, tmp_path):
-    from mlxlab.chunking import passages
-    from mlxlab.fewshot import passage_keys
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.chunking import passages
+    from mlxlab.sdg.fewshot import passage_keys
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
     shutil.rmtree(tax / "compositional_skills")
@@ -805,7 +805,7 @@ def test_an_edited_document_with_the_embedded_teacher_asks_only_about_its_new_pa
 def test_back_translated_passages_longer_than_three_seed_answers_are_kept(tmp_path):
     # issue 20: public knowledge leaves have one-sentence seed answers (here 7 words); a passage of 57 words is the
     # answer of a back-translated pair, and the length gate bounded it by 3 x the seed answers (40 words)
-    from mlxlab import sdg
+    from mlxlab.sdg import sdg
 
     tax = make_taxonomy(tmp_path / "taxonomy", knowledge=True)
     passage = ("Olympus Mons is the largest volcano in the solar system. It stands on Mars, about 22 kilometres "

@@ -16,7 +16,7 @@ from mlxlab.errors import MlxlabError
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
     """The tiny llama as an f16 GGUF."""
-    from mlxlab.gguf_export import export_gguf
+    from mlxlab.gguf.gguf_export import export_gguf
 
     return export_gguf(tiny_llama, tmp_path_factory.mktemp("gguf"), out_type="f16", verify=False).path
 

@@ -1,4 +1,4 @@
-"""mlxlab.taxonomy: InstructLab's verdicts with real line numbers; documents; diff; the CLI contract."""
+"""mlxlab.taxonomy.taxonomy: InstructLab's verdicts with real line numbers; documents; diff; the CLI contract."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlxlab.errors import UsageError
-from mlxlab.taxonomy import Leaf, Problem, Taxonomy, diff, format_report, validate
+from mlxlab.taxonomy.taxonomy import Leaf, Problem, Taxonomy, diff, format_report, validate
 
 DATA = Path(__file__).parent / "data"
 BAD, GOOD = DATA / "bad_qna", DATA / "good_qna"

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlxlab.taxonomy import validate
+from mlxlab.taxonomy.taxonomy import validate
 
 GOOD = Path(__file__).parent / "data" / "good_qna"
 SEEDS = {rel: (GOOD / rel / "qna.yaml").read_text() for rel in (

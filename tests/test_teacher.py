@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher import (Completion, Teacher, completion_seed, make_teacher, plan_prefixes,
+from mlxlab.teacher.teacher import (Completion, Teacher, completion_seed, make_teacher, plan_prefixes,
                             shared_prefix_length)
 
 SYSTEM = {"role": "system", "content": "You are a friendly teacher. You write one short question about the "
@@ -30,7 +30,7 @@ def _prompts(count: int) -> list[list[dict]]:
 
 
 def test_helpers():
-    from mlxlab.teacher import cut_at_stop, until_stop
+    from mlxlab.teacher.teacher import cut_at_stop, until_stop
 
     assert cut_at_stop("a\nQ: b\nText: c", ("\nText:", "\nQ:")) == "a" and cut_at_stop("abc", ("\nQ:",)) is None
     assert until_stop("\nQ: next", ("\nQ:",)) == "" and until_stop("whole", ("\nQ:",)) == "whole"
@@ -114,7 +114,7 @@ FAST = dict(retries=1, backoff_s=0.01, timeout_s=5)
 
 
 def test_teacher_urls_parse_and_refuse_duplicates():
-    from mlxlab.openai_client import server_urls
+    from mlxlab.teacher.openai_client import server_urls
 
     assert server_urls("http://a:1, ,http://b:2/v1,") == ["http://a:1", "http://b:2/v1"]
     assert server_urls(["http://a:1", "", "http://b:2"]) == ["http://a:1", "http://b:2"] and server_urls(None) == []
@@ -342,7 +342,7 @@ def test_sdg_through_the_openai_backend(llama_server, tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from test_sdg import make_taxonomy
 
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy")
     result = generate_data(tax, teacher="smollm2", teacher_url=llama_server, output=tmp_path / "data",
@@ -361,7 +361,7 @@ def test_sdg_through_a_fleet_writes_the_same_data_and_resumes_across_fleets(llam
     sys.path.insert(0, os.path.dirname(__file__))
     from test_sdg import make_taxonomy
 
-    from mlxlab.sdg import generate_data
+    from mlxlab.sdg.sdg import generate_data
 
     tax = make_taxonomy(tmp_path / "taxonomy")
     settings = dict(teacher="smollm2", samples_per_seed=1, max_tokens=32, judge_max_tokens=8, allow_empty=True,

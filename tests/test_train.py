@@ -59,7 +59,7 @@ def test_lora_loss_falls_and_writes_everything(tiny_llama, chat_data, tmp_path):
     from mlx_lm import load
     from mlx_lm.tuner.lora import LoRALinear
 
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     out = tmp_path / "run"
     result = train(tiny_llama, chat_data, out, num_iters=30, steps_per_eval=10, **FAST)
@@ -84,18 +84,18 @@ def test_dora_qlora_full_train_save_and_load(tiny_llama, chat_data, tmp_path, me
     from mlx_lm import load
     from mlx_lm.tuner.lora import LoRALinear
 
-    import mlxlab.train
-    from mlxlab.train import train
+    import mlxlab.train.loop
+    from mlxlab.train.loop import train
 
     trained = {}
-    real_load = mlxlab.train.load_base
+    real_load = mlxlab.train.loop.load_base
 
     def spy(ref, cfg):
         out = real_load(ref, cfg)
         trained["model"] = out[0]
         return out
 
-    monkeypatch.setattr(mlxlab.train, "load_base", spy)
+    monkeypatch.setattr(mlxlab.train.loop, "load_base", spy)
     result = train(tiny_llama, chat_data, tmp_path / "run", method=method, num_iters=6, lora_rank=4, **extra, **FAST)
     if extra.get("quantize"):       # QLoRA: the frozen base under the adapters stayed 4-bit while training
         layer = trained["model"].layers[-1].self_attn.q_proj
@@ -119,7 +119,7 @@ def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path, monkeypatch)
     import mlx.nn as nn
     from mlx_lm.utils import load, save_model
 
-    from mlxlab.train import load_base, train
+    from mlxlab.train.loop import load_base, train
     from mlxlab.config import TrainConfig
 
     model, tokenizer = load(str(tiny_llama))
@@ -143,7 +143,7 @@ def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path, monkeypatch)
 
 
 def test_epochs_and_iterations_are_both_honored(tiny_llama, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     by_epochs = train(tiny_llama, chat_data, tmp_path / "e", num_epochs=2, grad_accumulation=2, **FAST)
     assert by_epochs.num_iters == 6 and by_epochs.num_epochs == 2      # 24 samples / 4 = 6 batches, 2 per step
@@ -154,7 +154,7 @@ def test_epochs_and_iterations_are_both_honored(tiny_llama, chat_data, tmp_path)
 
 
 def test_checkpoints_at_chosen_iterations(tiny_llama, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     result = train(tiny_llama, chat_data, tmp_path / "run", num_iters=8, save_at=[2, 5], save_every=4, **FAST)
     assert sorted(result.checkpoints) == [2, 4, 5, 8]
@@ -168,13 +168,13 @@ def test_checkpoints_at_chosen_iterations(tiny_llama, chat_data, tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted(tiny_llama, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     # dropout and accumulation make the RNG and the data position matter
     settings = dict(num_iters=40, save_every=5, lora_dropout=0.1, grad_accumulation=2, batch_size=3,
                     learning_rate=1e-3, steps_per_eval=0, seed=3)
     out = tmp_path / "killed"
-    script = ("import sys, json; import mlxlab; from mlxlab.train import train; "
+    script = ("import sys, json; import mlxlab; from mlxlab.train.loop import train; "
               "train(sys.argv[1], sys.argv[2], sys.argv[3], quiet=True, **json.loads(sys.argv[4]))")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_llama), str(chat_data), str(out),
                              json.dumps(settings)], env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -196,7 +196,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_llama, chat_data, tmp_path):
 
 
 def test_resume_refuses_another_model_and_changed_settings(tiny_llama, make_tiny_model, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     out = tmp_path / "run"
     train(tiny_llama, chat_data, out, num_iters=2, save_at=[1], **FAST)
@@ -212,7 +212,7 @@ def test_resume_refuses_another_model_and_changed_settings(tiny_llama, make_tiny
 
 
 def test_phases_chain(tiny_llama, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     phase2 = write_chat(tmp_path / "skills", train=8, valid=0, seed=5)
     result = train(tiny_llama, None, tmp_path / "run", quiet=True, batch_size=4, phases=[
@@ -239,7 +239,7 @@ def test_phases_chain(tiny_llama, chat_data, tmp_path):
 
 
 def test_combined_phases_name_the_kept_iteration(tmp_path):
-    from mlxlab.train import combine_phases
+    from mlxlab.train.loop import combine_phases
 
     def phase(number: int, num_iters: int, best_iter: int | None, stopped: int | None = None) -> None:
         folder = tmp_path / f"phase_{number}"
@@ -265,7 +265,7 @@ def test_combined_phases_name_the_kept_iteration(tmp_path):
 
 
 def test_bad_data_is_reported_clearly(tiny_llama, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -283,7 +283,7 @@ def test_bad_data_is_reported_clearly(tiny_llama, tmp_path):
 
 
 def test_long_samples_are_truncated_and_counted(tiny_llama, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     rng = random.Random(1)
     data = tmp_path / "long.jsonl"
@@ -293,7 +293,7 @@ def test_long_samples_are_truncated_and_counted(tiny_llama, tmp_path):
 
 
 def test_model_without_chat_template_is_refused(make_tiny_model, chat_data, tmp_path):
-    from mlxlab.train import train
+    from mlxlab.train.loop import train
 
     model = make_tiny_model("llama", tmp_path / "plain")
     config = json.loads((model / "tokenizer_config.json").read_text())
@@ -340,7 +340,7 @@ def test_cli_phases_file_chains_phases(tiny_llama, chat_data, tmp_path):
 ])
 def test_phases_file_errors_name_file_and_line(tmp_path, text, line, message):
     from mlxlab.errors import MlxlabError
-    from mlxlab.train import read_phases
+    from mlxlab.train.loop import read_phases
 
     path = tmp_path / "phases.yaml"
     path.write_text(text)
@@ -352,7 +352,7 @@ def test_phases_file_errors_name_file_and_line(tmp_path, text, line, message):
 # ---------------------------------------------------------------------------------------------- best checkpoint
 
 def test_select_best_prefers_validation_within_the_forgetting_tolerance():
-    from mlxlab.train import select_best
+    from mlxlab.train.loop import select_best
 
     rows = [{"iter": 0, "val_loss": 3.0, "general_loss": 1.0}, {"iter": 10, "val_loss": 2.0, "general_loss": 1.02},
             {"iter": 20, "val_loss": 1.9, "general_loss": 1.2}, {"iter": 30, "val_loss": 2.5, "general_loss": 1.0}]
@@ -370,7 +370,7 @@ def test_select_best_prefers_validation_within_the_forgetting_tolerance():
 def test_keep_best_and_early_stopping_watch_both_validation_sets(tiny_llama, chat_data, tmp_path, monkeypatch):
     import mlx.core as mx
 
-    import mlxlab.train as train_module
+    import mlxlab.train.loop as train_module
 
     general = write_chat(tmp_path / "general", train=6, valid=0, seed=7) / "train.jsonl"
     # scripted losses per evaluation (iterations 0, 2, 4, ...): validation keeps falling, but from iteration 6
@@ -397,7 +397,7 @@ def test_keep_best_and_early_stopping_watch_both_validation_sets(tiny_llama, cha
 def test_text_records_and_per_record_mask_prompt(tiny_llama, tmp_path):
     from mlx_lm import load
 
-    from mlxlab.data import read_jsonl, tokenize
+    from mlxlab.train.data import read_jsonl, tokenize
 
     _, tokenizer = load(str(tiny_llama))
     path = tmp_path / "mixed.jsonl"
@@ -413,7 +413,7 @@ def test_text_records_and_per_record_mask_prompt(tiny_llama, tmp_path):
 
 
 def test_unknown_roles_and_missing_replies_are_file_line_errors(tmp_path):
-    from mlxlab.data import read_jsonl
+    from mlxlab.train.data import read_jsonl
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
@@ -427,8 +427,8 @@ def test_unknown_roles_and_missing_replies_are_file_line_errors(tmp_path):
 
 def test_resume_drops_a_torn_last_line_of_the_training_log(tiny_llama, chat_data, tmp_path):
     """A kill in the middle of writing a log line leaves it torn; resume keeps every whole line and goes on."""
-    from mlxlab.plots import read_log
-    from mlxlab.train import train
+    from mlxlab.evaluate.plots import read_log
+    from mlxlab.train.loop import train
 
     settings = dict(num_iters=8, save_every=4, steps_per_eval=4, seed=1, **FAST)
     out = tmp_path / "run"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlxlab.errors import MlxlabError
 
-_DIR = Path(__file__).parent
+DIR = Path(__file__).parent     # the data folder: every stage's prompt templates and reference sets
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_prompt(role: str, directory: str | None = None) -> Prompt:
     """The template for `role` from `directory` (default: the packaged prompts)."""
     import yaml
 
-    path = Path(directory or _DIR) / f"{role}.yaml"
+    path = Path(directory or DIR) / f"{role}.yaml"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -1,7 +1,7 @@
 """The LAB pipelines (InstructLab's role prompts): generation roles for skills and knowledge, and their judges.
 
 Capable teachers follow these meta-instructions and write readable verdicts; small ones do not (see
-`mlxlab.fewshot`), so `mlxlab.sdg` picks the style and the scorer per teacher. Every role's template is a
+`mlxlab.sdg.fewshot`), so `mlxlab.sdg.sdg` picks the style and the scorer per teacher. Every role's template is a
 YAML file under `mlxlab/prompts/`; outputs are parsed tolerantly and what cannot be read is counted.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mlxlab.config import GenerateConfig
 from mlxlab.prompts import extract, load_prompt, parse_score
-from mlxlab.sdg import _knowledge_units, _Run, knowledge_examples
+from mlxlab.sdg.sdg import _knowledge_units, _Run, knowledge_examples
 
 
 def _field(tag: str, cfg: GenerateConfig, name: str | None = None):

@@ -1,6 +1,6 @@
 """Evaluation as in the seed paper: each model answers each prompt k times; a judge, a person or a metric grades.
 
-- Prompt sets (`mlxlab.prompt_sets`) are YAML (`mlxlab/prompts/eval_jolie.yaml` holds the paper's five Jolie
+- Prompt sets (`mlxlab.evaluate.prompt_sets`) are YAML (`mlxlab/prompts/eval_jolie.yaml` holds the paper's five Jolie
   prompts) plus, when given, the held-out `test.jsonl` that SDG writes (its prompts and reference answers).
 - Answers come from any model reference, a `(base, adapters)` pair (a training checkpoint), or a GGUF
   (llama.cpp), always with fixed seeds, so a rerun gives the same answers.
@@ -28,10 +28,10 @@ from typing import TextIO
 from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
-from mlxlab.gates import rouge_l
-from mlxlab.prompt_sets import (DEFAULT_SET, EvalPrompt, PromptSet, load_prompts,  # noqa: F401 (evaluate's names too)
+from mlxlab.sdg.gates import rouge_l
+from mlxlab.evaluate.prompt_sets import (DEFAULT_SET, EvalPrompt, PromptSet, load_prompts,  # noqa: F401 (evaluate's names too)
                                 read_prompt_set)
-from mlxlab.teacher import Teacher, make_teacher
+from mlxlab.teacher.teacher import Teacher, make_teacher
 
 SCORES = tuple(str(i) for i in range(6))
 JUDGE_SYSTEM = "You are a strict, fair grader of answers. Follow the rubric exactly."
@@ -203,7 +203,7 @@ def heldout_loss(model, tokenizer, records: list[dict], *, max_seq_length: int =
     import mlx.core as mx
     from mlx_lm.tuner.trainer import default_loss
 
-    from mlxlab.data import make_batch, tokenize
+    from mlxlab.train.data import make_batch, tokenize
 
     data = tokenize(records, tokenizer, path=path or Path("heldout"), max_seq_length=max_seq_length)
     if not data.samples:
@@ -506,8 +506,8 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
     Writes `train/` (adapters, checkpoints, train_log.jsonl), `eval/` (results, summary), the PNGs and
     `summary.md` into `output`. A finished training run there is reused; an interrupted one resumes.
     """
-    from mlxlab.plots import sweep_plots, sweep_table
-    from mlxlab.train import checkpoints, train
+    from mlxlab.evaluate.plots import sweep_plots, sweep_table
+    from mlxlab.train.loop import checkpoints, train
 
     cfg = config if config is not None else EvalConfig()
     cfg = resolve(EvalConfig, **{**dataclasses.asdict(cfg), **overrides, **({"iters": list(iters)} if iters else {})})
@@ -519,7 +519,7 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
     train_dir = output / "train"
     done = checkpoints(train_dir)
     if (train_dir / "result.json").is_file() and all(i in done for i in points):
-        from mlxlab.train import _result_from_json
+        from mlxlab.train.loop import _result_from_json
         trained = _result_from_json(json.loads((train_dir / "result.json").read_text(encoding="utf-8")))
     else:
         trained = train(model, data, train_dir, config=train_config, quiet=quiet,

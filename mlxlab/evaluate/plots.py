@@ -1,6 +1,6 @@
 """Figures and tables of evaluation results, drawn as in the seed paper (section 4.2).
 
-The figures come from `mlxlab.evaluate.summarize`. For a sweep: score against iterations per prompt,
+The figures come from `mlxlab.evaluate.evaluation.summarize`. For a sweep: score against iterations per prompt,
 the mean with its spread, all prompts side by side, the training loss with the held-out loss at each
 checkpoint, and a markdown table. matplotlib (Agg) is imported inside the functions, so importing this
 module stays cheap.

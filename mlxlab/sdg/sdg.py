@@ -20,9 +20,9 @@ from pathlib import Path
 from mlxlab.config import GenerateConfig
 from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
-from mlxlab.gates import _words, rouge_l  # noqa: F401 (re-exported)
+from mlxlab.sdg.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
-from mlxlab.sdg_units import (JOURNAL_VERSION, Journal, _Run, _unit_seed, journal_path,  # noqa: F401 (re-exported)
+from mlxlab.sdg.sdg_units import (JOURNAL_VERSION, Journal, _Run, _unit_seed, journal_path,  # noqa: F401 (re-exported)
                               leaf_key)
 
 # the prompt templates (mlxlab/prompts/<role>.yaml) the pipelines use; other stages keep theirs there too
@@ -111,8 +111,8 @@ def _knowledge_units(examples: list[dict], chunks: list, n: int) -> dict[str, di
 # ---------------------------------------------------------------------------------------------- filters
 
 def gate_stage(run: _Run, items: dict[str, dict], profile) -> dict[str, dict]:
-    """Drop what a deterministic gate catches (`mlxlab.gates`); count each gate and keep a few examples."""
-    from mlxlab.gates import GATES, check_sample
+    """Drop what a deterministic gate catches (`mlxlab.sdg.gates`); count each gate and keep a few examples."""
+    from mlxlab.sdg.gates import GATES, check_sample
 
     passed = {}
     removed = {gate: 0 for gate in GATES}
@@ -135,7 +135,7 @@ def gate_stage(run: _Run, items: dict[str, dict], profile) -> dict[str, dict]:
 
 def likelihood_stage(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
     """Keep the best `keep_fraction` of samples by log p(answer | question) - log p(answer) per token (> 0)."""
-    from mlxlab.fewshot import score_texts
+    from mlxlab.sdg.fewshot import score_texts
 
     if not items:
         run.stats.stages.append({"stage": "likelihood", "sent": 0, "parsed": 0, "unparsed": 0, "passed": 0})
@@ -186,10 +186,10 @@ def _fingerprint(cfg: GenerateConfig, teacher, leaf, *, content_keyed: bool = Fa
     path), except where the units are keyed by their passage's content (`content_keyed`: back-translation),
     so that the unchanged passages of an edited document keep their questions.
     """
-    from mlxlab.prompts import _DIR
+    from mlxlab.prompts import DIR
 
-    prompts = hashlib.sha256(b"".join((_DIR / f"{role}.yaml").read_bytes() for role in ROLES)).hexdigest()
-    from mlxlab.fewshot import LAYOUT_VERSION
+    prompts = hashlib.sha256(b"".join((DIR / f"{role}.yaml").read_bytes() for role in ROLES)).hexdigest()
+    from mlxlab.sdg.fewshot import LAYOUT_VERSION
 
     keys = ("seed", "temperature", "judge_temperature", "top_p", "max_tokens", "judge_max_tokens", "judge_mode",
             "samples_per_seed", "chunk_tokens", "chunk_overlap", "heldout_fraction", "valid_fraction")
@@ -204,7 +204,7 @@ def _fingerprint(cfg: GenerateConfig, teacher, leaf, *, content_keyed: bool = Fa
 
 
 def _load_taxonomy(root: str):
-    from mlxlab.taxonomy import Taxonomy
+    from mlxlab.taxonomy.taxonomy import Taxonomy
 
     tax = Taxonomy.load(root)
     if not tax.valid:
@@ -219,7 +219,7 @@ def _load_taxonomy(root: str):
 
 def _readable(leaf) -> list:
     """A knowledge leaf's documents that mlxlab reads (.md, .txt, .pdf)."""
-    from mlxlab.chunking import READABLE_SUFFIXES
+    from mlxlab.sdg.chunking import READABLE_SUFFIXES
 
     return [p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES] if leaf.kind == "knowledge" \
         else []
@@ -227,13 +227,13 @@ def _readable(leaf) -> list:
 
 def _sections(leaf) -> list[dict]:
     """A knowledge leaf's document sections as question/answer pairs (`chunking.section_pairs`)."""
-    from mlxlab.chunking import section_pairs
+    from mlxlab.sdg.chunking import section_pairs
 
     return section_pairs(_readable(leaf))
 
 
 def _knowledge_chunks(leaf, teacher, cfg: GenerateConfig, stats: LeafStats) -> list:
-    from mlxlab.chunking import chunk_documents
+    from mlxlab.sdg.chunking import chunk_documents
 
     docs = _readable(leaf)
     for skipped in sorted(set(leaf.documents) - set(docs)):
@@ -283,9 +283,9 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
 
     Only the leaf's training seeds (`split["train"]`) are shown to the teacher and the gates.
     """
-    from mlxlab import lab
-    from mlxlab.fewshot import fewshot_pipeline
-    from mlxlab.gates import leaf_profile
+    from mlxlab.sdg import lab
+    from mlxlab.sdg.fewshot import fewshot_pipeline
+    from mlxlab.sdg.gates import leaf_profile
 
     stats = LeafStats(leaf.name, leaf.kind, prompt_style=methods["prompt_style"], scorer=methods["scorer"],
                       seeds={name: len(items) for name, items in split.items()})
@@ -304,7 +304,7 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
     lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)
     if back_translated:
-        from mlxlab.chunking import passages
+        from mlxlab.sdg.chunking import passages
 
         run.passages = passages(_readable(leaf))
         stats.notes.append(f"{len(run.passages)} passage(s) to ask about; the answers are the documents' own text")
@@ -369,7 +369,7 @@ def _taxonomy_digest(tax) -> str:
 def make_sdg_teacher(cfg: GenerateConfig):
     """The teacher that `cfg` names (model, URL, backend, batch and prefix-cache settings)."""
     from mlxlab.distributed import from_main, world
-    from mlxlab.teacher import default_batch_size, make_teacher
+    from mlxlab.teacher.teacher import default_batch_size, make_teacher
 
     # the batch decides the groups and so the text: under mlx.launch every rank takes rank 0's
     batch = cfg.batch_size or (from_main(default_batch_size, "choosing the batch size") if world().size > 1
@@ -440,7 +440,7 @@ def _generate_with(teacher, cfg: GenerateConfig, tax, out: Path, start: float, w
     if w.size > 1 and len(set(gather_json(teacher.batch_size, "comparing the batch sizes", w))) > 1:
         raise MlxlabError("the ranks' teachers decode different batch sizes, which would change the text",
                           hint="pass the same --batch-size to every rank")
-    from mlxlab.datasets import split_seeds, write_datasets
+    from mlxlab.sdg.datasets import split_seeds, write_datasets
 
     methods = choose_methods(teacher, cfg)
     splits = {leaf.name: split_seeds(leaf, heldout_fraction=cfg.heldout_fraction, valid_fraction=cfg.valid_fraction,

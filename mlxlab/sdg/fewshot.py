@@ -116,8 +116,8 @@ def score_texts(sample: dict) -> tuple[tuple[str, str], tuple[str, str]]:
 
 
 def fewshot_pipeline(run, seeds: list[dict], chunks: list) -> dict[str, dict]:
-    """The few-shot style (`mlxlab.fewshot`): one new pair per continuation of the seeds' pattern."""
-    from mlxlab.sdg import knowledge_examples
+    """The few-shot style (`mlxlab.sdg.fewshot`): one new pair per continuation of the seeds' pattern."""
+    from mlxlab.sdg.sdg import knowledge_examples
 
     cfg, leaf = run.cfg, run.leaf
     n = cfg.samples_per_seed

@@ -1,13 +1,13 @@
 """Text generation for SDG and evaluation: one `Teacher.generate` over chat messages, three backends.
 
-- `mlx`: in-process through mlx-lm's continuous batching (`mlxlab.mlx_batch`). The token prefix
+- `mlx`: in-process through mlx-lm's continuous batching (`mlxlab.teacher.mlx_batch`). The token prefix
   that a call's prompts share (system prompt + in-context examples) is prefilled once and its KV cache is
   handed to every sequence. Each completion gets its own sampler with its own PRNG key, derived from the
   seed and the prompt, so a completion does not depend on which other prompts share its batch.
 - `openai`: any `/v1/chat/completions` server (llama.cpp, mlx_lm.server, vLLM, Ollama), or a fleet of them,
-  N requests in flight per server on threads (`mlxlab.openai_client`: retries with backoff, a server that
+  N requests in flight per server on threads (`mlxlab.teacher.openai_client`: retries with backoff, a server that
   keeps failing is dropped and the others take its requests, API key from an environment variable).
-- `llama-cpp`: a GGUF in-process, batched through llama.cpp's own batch API (`mlxlab.llama_batch`): the
+- `llama-cpp`: a GGUF in-process, batched through llama.cpp's own batch API (`mlxlab.teacher.llama_batch`): the
   shared prefix is evaluated once and its KV cells shared, all sequences decode together, finished ones
   free their slots for queued ones. On a CPU this is the fastest teacher (llama.cpp's CPU kernels beat
   MLX's CPU backend), so `auto` picks it there; see `choose_backend`.
@@ -173,7 +173,7 @@ class Teacher:
                               hint="use one of: auto, " + ", ".join(BACKENDS))
         self.urls: list[str] = []
         if backend == "openai":
-            from mlxlab.openai_client import server_urls
+            from mlxlab.teacher.openai_client import server_urls
 
             self.urls = server_urls(url)
             if not self.urls:
@@ -198,7 +198,7 @@ class Teacher:
         elif backend == "llama-cpp":
             self._load_llama(n_ctx, requantize)
         else:
-            from mlxlab.openai_client import Fleet, OpenAIClient
+            from mlxlab.teacher.openai_client import Fleet, OpenAIClient
 
             self._fleet = Fleet([OpenAIClient(u, str(model or "default"), retries=retries, backoff_s=backoff_s,
                                               timeout_s=timeout_s, api_key_env=api_key_env,
@@ -217,7 +217,7 @@ class Teacher:
 
     def _load_llama(self, n_ctx: int, requantize: bool) -> None:
         from mlxlab.device import llama_threads
-        from mlxlab.llama_batch import LlamaBatch, teacher_gguf
+        from mlxlab.teacher.llama_batch import LlamaBatch, teacher_gguf
 
         path, self.gguf_note = teacher_gguf(self.model_ref, requantize=requantize)
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -311,7 +311,7 @@ class Teacher:
     def _generate_mlx(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
         if self._model is None:
             raise MlxlabError("this teacher was closed; make a new Teacher")
-        from mlxlab.mlx_batch import greedy_sampler, seeded_sampler
+        from mlxlab.teacher.mlx_batch import greedy_sampler, seeded_sampler
 
         encoded = [self._encode(p) for p in prompts]
         greedy = greedy_sampler()
@@ -364,7 +364,7 @@ class Teacher:
         if self.backend == "mlx":
             if self._model is None:
                 raise MlxlabError("this teacher was closed; make a new Teacher")
-            from mlxlab.mlx_batch import greedy_sampler, seeded_sampler
+            from mlxlab.teacher.mlx_batch import greedy_sampler, seeded_sampler
 
             encoded = [list(self._tokenizer.encode(t)) for t in texts]
             samplers = [greedy_sampler() if temperature <= 0 else seeded_sampler(temperature, top_p, k)
@@ -463,8 +463,8 @@ class Teacher:
 
     def _run_batches(self, sequences: list[list[int]], samplers: list, max_tokens: int,
                      progress: Progress | None, stop: tuple[str, ...] = ()) -> list[Completion]:
-        """Token sequences through MLX's continuous batching (`mlxlab.mlx_batch.run_batches`)."""
-        from mlxlab.mlx_batch import run_batches
+        """Token sequences through MLX's continuous batching (`mlxlab.teacher.mlx_batch.run_batches`)."""
+        from mlxlab.teacher.mlx_batch import run_batches
 
         if self._model is None:
             raise MlxlabError("this teacher was closed; make a new Teacher")

@@ -4,7 +4,7 @@ A small teacher writes prompt debris that its own judges let through: template t
 headers (`Your answer:`), chatter (`I'm ready to help!`), loops, echoes of the question and copies of its seeds. The
 gates below are plain text checks that need no capable model. Each was calibrated on the shipped taxonomy so that
 every seed example passes (tests/test_gates.py keeps it so), and measured against hand labels on leaves of the public
-InstructLab taxonomy (benchmarks/taxonomy_sweep.py). Standard library only: `mlxlab.sdg` imports this module and its
+InstructLab taxonomy (benchmarks/taxonomy_sweep.py). Standard library only: `mlxlab.sdg.sdg` imports this module and its
 tests must run without mlx.
 
 Three gates depend on the kind of leaf. `off_task` for knowledge asks whether the sample speaks the documents'

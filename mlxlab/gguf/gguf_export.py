@@ -246,7 +246,7 @@ def write_gguf(model_dir: Path, path: Path, out_type: str) -> str:
     """Write the GGUF of `model_dir` at `out_type` (one of DIRECT_TYPES) to `path`; returns the architecture."""
     import gguf
 
-    from mlxlab.gguf_tokenizer import pad_vocab, read_tokenizer, write_tokenizer
+    from mlxlab.gguf.gguf_tokenizer import pad_vocab, read_tokenizer, write_tokenizer
 
     config = _load_config(model_dir)
     arch = architecture_of(config, model_dir / "config.json")[0]
@@ -530,7 +530,7 @@ def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16",
     finally:
         intermediate.unlink(missing_ok=True)
         reference.unlink(missing_ok=True)
-    from mlxlab.gguf_tokenizer import _chat_template, _read_json, _token_text
+    from mlxlab.gguf.gguf_tokenizer import _chat_template, _read_json, _token_text
 
     tok_config = model_dir / "tokenizer_config.json"
     tok = _read_json(tok_config) if tok_config.is_file() else {}

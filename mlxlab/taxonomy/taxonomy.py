@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from mlxlab.documents import resolve_documents, run_git, try_git
+from mlxlab.taxonomy.documents import resolve_documents, run_git, try_git
 from mlxlab.errors import UsageError
-from mlxlab.qna_yaml import Builder as _Builder
-from mlxlab.qna_yaml import lint as _lint
-from mlxlab.qna_yaml import parse as _parse
-from mlxlab.qna_yaml import yaml_error as _yaml_error
+from mlxlab.taxonomy.qna_yaml import Builder as _Builder
+from mlxlab.taxonomy.qna_yaml import lint as _lint
+from mlxlab.taxonomy.qna_yaml import parse as _parse
+from mlxlab.taxonomy.qna_yaml import yaml_error as _yaml_error
 
 TOP_FOLDERS = ("compositional_skills", "knowledge", "foundational_skills")
 SCHEMA_FOLDERS = ("compositional_skills", "knowledge")  # InstructLab picks the schema from these

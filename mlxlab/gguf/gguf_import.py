@@ -11,7 +11,7 @@ Tensor types:
   source's; 8-bit keeps it near-lossless at twice the memory). It is named in
   `ImportResult.quantization` as "(requantized)".
 
-Architectures: every one that `mlxlab.gguf_export` writes: llama (also SmolLM2 and Mistral-style GGUFs),
+Architectures: every one that `mlxlab.gguf.gguf_export` writes: llama (also SmolLM2 and Mistral-style GGUFs),
 qwen2, qwen3, phi3, gemma2 and gemma3. Tensor names are found by asking mlx-lm's model for the config which
 parameters it has and gguf-py's own name map what llama.cpp calls each one (the map the export uses).
 Tokenizers: byte-level BPE ("gpt2" model) and SentencePiece ("llama" model: merges from the piece scores,
@@ -99,7 +99,7 @@ def read_gguf(path: Path):
 
 def _layout(arch: str) -> tuple[bool, bool]:
     """(q/k rows permuted by llama.cpp, norms stored as 1 + w) for a GGUF architecture."""
-    from mlxlab.gguf_export import ARCHITECTURES
+    from mlxlab.gguf.gguf_export import ARCHITECTURES
 
     _, permuted, gemma = ARCHITECTURES[_ARCHS[arch][0]]
     return permuted, gemma

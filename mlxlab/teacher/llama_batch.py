@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher import cut_at_stop
+from mlxlab.teacher.teacher import cut_at_stop
 
 HOLDERS = 2                    # shared prefixes kept resident at once (the queue is ordered by prefix)
 N_BATCH = 2048                 # most tokens in one llama_decode call
@@ -79,7 +79,7 @@ def teacher_gguf(model: str | Path | None, *, requantize: bool = True) -> tuple[
     name = source.stem if source.is_file() else Path(text).name
     target = cache_dir() / "teacher-gguf" / f"{name}-{digest}.q8_0.gguf"
     if not target.is_file():
-        from mlxlab.gguf_export import export_gguf
+        from mlxlab.gguf.gguf_export import export_gguf
 
         try:
             export_gguf(source if source.is_file() else text, target, out_type="q8_0", verify=True)

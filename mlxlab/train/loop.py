@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from mlxlab.checkpoints import (_flat, _set_by_path, _write_atomic, checkpoints,  # noqa: F401
+from mlxlab.train.checkpoints import (_flat, _set_by_path, _write_atomic, checkpoints,  # noqa: F401
                                 restore_checkpoint, save_adapters, save_checkpoint)
 from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
 from mlxlab.errors import MlxlabError
-from mlxlab.plots import read_log
+from mlxlab.evaluate.plots import read_log
 
 DEFAULT_ITERS = 100
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def _progress(total: int, start: int, quiet: bool):
 def _validate(model, valid_set, cfg: TrainConfig) -> float:
     from mlx_lm.tuner.trainer import default_loss, evaluate
 
-    from mlxlab.data import make_batch
+    from mlxlab.train.data import make_batch
     from mlxlab.distributed import world
 
     w = world()
@@ -271,7 +271,7 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
     from mlxlab import distributed as dist
-    from mlxlab.data import batch_order, batches_per_epoch, make_batch, read_sets
+    from mlxlab.train.data import batch_order, batches_per_epoch, make_batch, read_sets
 
     cfg = config if config is not None else TrainConfig()
     cfg = resolve(TrainConfig, **{**dataclasses.asdict(cfg), **overrides})
@@ -486,7 +486,7 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         if cfg.keep_best and best is not None and (best_dir / "adapters.safetensors").is_file():
             shutil.copy2(best_dir / "adapters.safetensors", output / "adapters.safetensors")
             say(f"kept the best checkpoint: {reason}")
-        from mlxlab.plots import plot_loss
+        from mlxlab.evaluate.plots import plot_loss
 
         plot = plot_loss(log_path, output / "loss.png")
     result = TrainResult(
@@ -556,7 +556,7 @@ def combine_phases(output: Path, count: int) -> dict:
     phase. `best_iter` is the iteration of the adapters in `output`: a phase that kept its iteration 0 kept the
     adapters it started from, those of the phase before.
     """
-    from mlxlab.plots import plot_loss, read_log
+    from mlxlab.evaluate.plots import plot_loss, read_log
 
     output = Path(output)
     phases = [json.loads((output / f"phase_{n}" / "result.json").read_text(encoding="utf-8"))

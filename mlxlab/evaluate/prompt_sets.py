@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
+from mlxlab.prompts import DIR as PROMPTS_DIR
 
-DEFAULT_SET = Path(__file__).parent / "prompts" / "eval_jolie.yaml"
+DEFAULT_SET = PROMPTS_DIR / "eval_jolie.yaml"
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def read_prompt_set(path: str | Path | None = None) -> PromptSet:
 def load_prompts(prompts: str | Path | PromptSet | None = None, test: str | Path | None = None, *,
                  test_prompts: int = 0) -> PromptSet:
     """A prompt set plus the held-out `test` split (chat JSONL): all of it for the loss, `test_prompts` answered."""
-    from mlxlab.data import read_jsonl
+    from mlxlab.train.data import read_jsonl
 
     base = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts)
     if test is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
-from mlxlab.gguf_import import _GPT2_RE, _PRE_TOKENIZERS
+from mlxlab.gguf.gguf_import import _GPT2_RE, _PRE_TOKENIZERS
 
 # pre-tokenizer names (of gguf_import's regex table) that llama.cpp's loader accepts, most specific first
 _EXPORT_PRE = ("smollm", "llama-bpe", "qwen2", "gpt2")

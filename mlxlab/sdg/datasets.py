@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
+from mlxlab.prompts import DIR as PROMPTS_DIR
 
 
 def _msgs(user: str, assistant: str) -> list[dict]:
@@ -121,7 +122,7 @@ def section_records(leaf, sections: list[dict]) -> list[dict]:
 
 def read_replay(path: str | Path, count: int, seed: int) -> list[dict]:
     """`count` records drawn (without replacement, stable for a seed) from a messages JSONL file."""
-    from mlxlab.data import read_jsonl
+    from mlxlab.train.data import read_jsonl
 
     records = read_jsonl(path)
     bad = next((i for i, r in enumerate(records) if not isinstance(r.get("messages"), list)), None)
@@ -132,7 +133,7 @@ def read_replay(path: str | Path, count: int, seed: int) -> list[dict]:
             for r in records[:count]]
 
 
-REPLAY_PROMPTS = Path(__file__).parent / "prompts" / "general_prompts.yaml"
+REPLAY_PROMPTS = PROMPTS_DIR / "general_prompts.yaml"
 
 
 def general_prompts(path: str | Path | None = None) -> list[str]:
@@ -150,7 +151,7 @@ def general_prompts(path: str | Path | None = None) -> list[str]:
     return [p.strip() for p in prompts]
 
 
-GENERAL_VALID = Path(__file__).parent / "prompts" / "general_valid.jsonl"
+GENERAL_VALID = PROMPTS_DIR / "general_valid.jsonl"
 
 
 def self_replay(teacher, output: str | Path, *, prompts: list[str] | None = None, max_tokens: int = 96,
@@ -253,7 +254,7 @@ def write_datasets(output: Path, leaves, by_leaf: dict[str, list[dict]], cfg, *,
 
 def stats(path: str | Path, tokenizer=None) -> dict:
     """Counts per leaf and source, and token lengths (tokenizer's, else whitespace words) of a messages JSONL."""
-    from mlxlab.data import read_jsonl
+    from mlxlab.train.data import read_jsonl
 
     records = read_jsonl(path)
     count = (lambda t: len(tokenizer.encode(t))) if tokenizer is not None else (lambda t: len(t.split()))
