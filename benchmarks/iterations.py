@@ -43,8 +43,8 @@ def _short_records(leaves, max_chars: int) -> list[dict]:
 
 def taxonomy_data(folder: Path, *, holdout: float = 0.25, max_chars: int = 1400, seed: int = 0) -> tuple[Path, dict]:
     """train/valid/test JSONL from the Jolie taxonomy's seed pairs; the paper's prompts are always held out."""
-    from mlxlab.evaluate.evaluation import read_prompt_set
-    from mlxlab.sdg.sdg import rouge_l
+    from mlxlab.evaluate import read_prompt_set
+    from mlxlab.sdg import rouge_l
     from mlxlab.taxonomy import Taxonomy
 
     records = _short_records(Taxonomy.load(ROOT / "taxonomy", fetch_documents=False).leaves, max_chars)

@@ -280,7 +280,7 @@ def measure(label: str, model: str, adapters: Path | None, jolie: list[dict], ge
             rouge_n: int, max_tokens: int) -> dict:
     """NLL on the Jolie (split by only_in_documents) and general sets, and ROUGE-L of greedy Jolie answers."""
     from mlxlab.evaluate.evaluation import _ModelTeacher, heldout_loss
-    from mlxlab.sdg.sdg import rouge_l
+    from mlxlab.sdg import rouge_l
 
     if adapters is not None:
         missing = [n for n in ("adapters.safetensors", "adapter_config.json") if not (adapters / n).is_file()]

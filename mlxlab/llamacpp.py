@@ -12,7 +12,8 @@ keyed by the llama.cpp build (its library files) and the CPU, and applied to eve
 When even the plainest path crashes, llama.cpp is unusable here: `teacher_backend: auto` picks MLX and says why,
 and every other llama.cpp path stops with a clear error. A crash that still happens later (another model type,
 another kernel) is reported by the CLI's supervisor (`mlxlab.crash`), which also drops the setting in use so the
-next run takes the next safer one.
+next run takes the next safer one. llama.cpp's quantizer (`quantize_gguf`: GGUF export, the self-test's Q8_0 copy) runs
+here too, in a child.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mlxlab.errors import MlxlabError
 SELFTEST_VERSION = 1            # bump when the test changes: cached verdicts are then taken again
 SELFTEST_TIMEOUT_S = 300        # one candidate's child: loading two 135M models and a short prompt
 CACHE_NAME = "llama-selftest.json"
+QUANTIZE_TIMEOUT_S = 3600       # llama.cpp's quantizer runs in a child (it can abort); it may not hang forever
 SETTINGS_ENV = "MLXLAB_LLAMA_SETTINGS"   # a candidate's name forces it (no self-test); "auto" or unset: test
 # Candidate settings of `llama_model_params`, fastest by design first. "default": every buffer type llama.cpp has on this
 # CPU (AMX, the repacked weight layouts of the AVX2/AVX-512/NEON kernels); "plain": no extra buffer types, the
@@ -255,6 +257,39 @@ def _write_cache(key: str, found: Verdict) -> None:
     atomic_write(_cache_path(), json.dumps(cache, indent=1))
 
 
+_QUANTIZE_SCRIPT = """
+import ctypes, sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = int(sys.argv[4])
+params.allow_requantize = sys.argv[5] == "1"
+sys.exit(0 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) == 0 else 3)
+"""
+
+
+def quantize_gguf(source: Path, dest: Path, out_type: str, *, allow_requantize: bool = False) -> None:
+    """Quantize a float GGUF to `out_type` with llama.cpp's quantizer (in a subprocess: it can abort).
+
+    `allow_requantize`: the source may itself be quantized (llama.cpp refuses that unless asked)."""
+    import llama_cpp
+
+    from mlxlab.device import llama_threads
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
+                               str(max(1, llama_threads())), "1" if allow_requantize else "0"],
+                              capture_output=True, text=True,
+                              timeout=QUANTIZE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MlxlabError(f"llama.cpp's quantizer did not finish within {QUANTIZE_TIMEOUT_S} s ({out_type})",
+                          path=source, hint="check free memory and disk; try --out-type q8_0 or f16") from None
+    if proc.returncode != 0 or not dest.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise MlxlabError(f"llama.cpp could not quantize to {out_type} (exit {proc.returncode}): {tail}",
+                          hint="try --out-type q8_0 or f16")
+
+
 def _test_models(workdir: Path) -> list[str]:
     """The embedded SmolLM2 GGUF (Q4_1) and a Q8_0 copy of it (made by llama.cpp's quantizer in a child)."""
     from mlxlab.models import embedded_gguf
@@ -262,8 +297,6 @@ def _test_models(workdir: Path) -> list[str]:
     source = embedded_gguf()
     copy = workdir / "smollm2-q8_0.gguf"
     try:
-        from mlxlab.gguf.gguf_export import quantize_gguf
-
         quantize_gguf(source, copy, "q8_0", allow_requantize=True)
     except MlxlabError:
         return [str(source)]      # the quantizer is another program path: the self-test still tests Q4_1

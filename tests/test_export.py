@@ -262,11 +262,12 @@ def test_cli_export_and_fuse(tiny_llama, tmp_path, capsys):
 
 def test_llama_cpp_subprocesses_have_timeouts_with_a_clear_error(tiny_llama, tmp_path, monkeypatch):
     import mlxlab.gguf.gguf_export as ge
+    import mlxlab.llamacpp as lc
 
     f16 = ge.export_gguf(tiny_llama, tmp_path / "f16.gguf", out_type="f16", verify=False).path
-    monkeypatch.setattr(ge, "QUANTIZE_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(lc, "QUANTIZE_TIMEOUT_S", 0.01)
     with pytest.raises(MlxlabError, match="did not finish within"):
-        ge.quantize_gguf(f16, tmp_path / "q4.gguf", "q4_k_m")
+        lc.quantize_gguf(f16, tmp_path / "q4.gguf", "q4_k_m")
     monkeypatch.setattr(ge, "VERIFY_TIMEOUT_S", 0.01)
     with pytest.raises(MlxlabError, match="did not finish checking"):
         ge.export_gguf(tiny_llama, tmp_path / "checked.gguf", out_type="f16")

@@ -18,7 +18,9 @@ import pytest
 from mlxlab.sdg.chunking import chunk_text
 from mlxlab.errors import MlxlabError
 from mlxlab.prompts import extract, load_prompt, parse_score
-from mlxlab.sdg.sdg import Journal, remove_near_duplicates, rouge_l
+from mlxlab.sdg.gates import rouge_l
+from mlxlab.sdg.sdg import remove_near_duplicates
+from mlxlab.sdg.sdg_units import Journal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -424,7 +426,7 @@ class ScriptedTeacher:
     backend, model_ref, url, batch_size, concurrency = "scripted", "scripted", None, 4, 1
 
     def __init__(self):
-        from mlxlab.teacher.teacher import GenerationStats
+        from mlxlab.teacher.completions import GenerationStats
 
         self.stats = GenerationStats()
         self.calls = 0
@@ -433,7 +435,7 @@ class ScriptedTeacher:
         return len(text.split())
 
     def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
-        from mlxlab.teacher.teacher import Completion
+        from mlxlab.teacher.completions import Completion
 
         self.calls += 1
         out = []
@@ -513,7 +515,7 @@ class FewshotTeacher:
     backend, model_ref, url, batch_size, concurrency = "scripted-small", "scripted-small", None, 4, 1
 
     def __init__(self):
-        from mlxlab.teacher.teacher import GenerationStats
+        from mlxlab.teacher.completions import GenerationStats
 
         self.stats = GenerationStats()
         self.prompts: list[str] = []
@@ -530,7 +532,7 @@ class FewshotTeacher:
         return True
 
     def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
-        from mlxlab.teacher.teacher import Completion
+        from mlxlab.teacher.completions import Completion
 
         out = []
         for text in texts:
@@ -613,7 +615,7 @@ def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
 
 def test_self_replay_keeps_whole_sentences(tmp_path):
     from mlxlab.sdg.datasets import general_prompts, self_replay
-    from mlxlab.teacher.teacher import Completion
+    from mlxlab.teacher.completions import Completion
 
     class Student:
         def generate(self, prompts, **_):
@@ -690,7 +692,7 @@ class EchoTeacher(FewshotTeacher):
         return f"Why {' '.join(text.split()[-4:])}{example}?"
 
     def complete(self, texts, *, stop=(), seeds=None, progress=None, **_):
-        from mlxlab.teacher.teacher import Completion
+        from mlxlab.teacher.completions import Completion
 
         out = []
         for text in texts:
@@ -706,7 +708,7 @@ class EchoTeacher(FewshotTeacher):
         return out
 
     def generate(self, prompts, *, n=1, seeds=None, progress=None, **_):
-        from mlxlab.teacher.teacher import Completion
+        from mlxlab.teacher.completions import Completion
 
         out = []
         for messages in prompts:

@@ -18,8 +18,8 @@ import urllib.request
 import pytest
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher.teacher import (Completion, Teacher, completion_seed, make_teacher, plan_prefixes,
-                            shared_prefix_length)
+from mlxlab.teacher.completions import Completion, completion_seed, plan_prefixes, shared_prefix_length
+from mlxlab.teacher.teacher import Teacher, make_teacher
 
 SYSTEM = {"role": "system", "content": "You are a friendly teacher. You write one short question about the "
                                        "topic the user names, and nothing else. " * 3}
@@ -30,7 +30,7 @@ def _prompts(count: int) -> list[list[dict]]:
 
 
 def test_helpers():
-    from mlxlab.teacher.teacher import cut_at_stop, until_stop
+    from mlxlab.teacher.completions import cut_at_stop, until_stop
 
     assert cut_at_stop("a\nQ: b\nText: c", ("\nText:", "\nQ:")) == "a" and cut_at_stop("abc", ("\nQ:",)) is None
     assert until_stop("\nQ: next", ("\nQ:",)) == "" and until_stop("whole", ("\nQ:",)) == "whole"

@@ -11,7 +11,7 @@ _LAZY = {
     "verify_gguf": "mlxlab.gguf.gguf_export",
     "convert": "mlxlab.gguf.gguf_import",
     "read_gguf": "mlxlab.gguf.gguf_import",
-    "ARCHITECTURES": "mlxlab.gguf.gguf_export",
+    "ARCHITECTURES": "mlxlab.gguf.tables",
 }
 
 __all__ = list(_LAZY)

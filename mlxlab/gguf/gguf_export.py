@@ -22,17 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mlxlab.errors import MlxlabError
+from mlxlab.gguf.tables import ARCHITECTURES
+from mlxlab.llamacpp import quantize_gguf
 
-# mlx-lm model_type -> (GGUF architecture, q/k rows permuted for llama.cpp's rope, gemma's (1 + w) norms)
-ARCHITECTURES: dict[str, tuple[str, bool, bool]] = {
-    "llama": ("llama", True, False),
-    "mistral": ("llama", True, False),
-    "qwen2": ("qwen2", False, False),
-    "qwen3": ("qwen3", False, False),
-    "phi3": ("phi3", False, False),
-    "gemma2": ("gemma2", False, True),
-    "gemma3_text": ("gemma3", False, True),
-}
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
                "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs")
@@ -52,8 +44,8 @@ _MAX_DIFF_SHARE = {"f32": 0.05, "f16": 0.25, "bf16": 0.25}
 # tiny random models with flat logits flip a few of those, measured 94.7% top-1 at d = 0.065), while a broken
 # writer moves logits by much of their range
 _REFERENCE_MAX_DIFF_SHARE = 0.05
-# llama.cpp runs in subprocesses (a bad file can abort it); none may hang an export forever
-QUANTIZE_TIMEOUT_S = 3600
+# llama.cpp runs in subprocesses (a bad file can abort it); none may hang an export forever (see also
+# llamacpp.QUANTIZE_TIMEOUT_S)
 VERIFY_TIMEOUT_S = 900
 
 
@@ -279,39 +271,6 @@ def write_gguf(model_dir: Path, path: Path, out_type: str) -> str:
     return arch
 
 
-_QUANTIZE_SCRIPT = """
-import ctypes, sys, llama_cpp
-params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = int(sys.argv[3])
-params.nthread = int(sys.argv[4])
-params.allow_requantize = sys.argv[5] == "1"
-sys.exit(0 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) == 0 else 3)
-"""
-
-
-def quantize_gguf(source: Path, dest: Path, out_type: str, *, allow_requantize: bool = False) -> None:
-    """Quantize a float GGUF to `out_type` with llama.cpp's quantizer (in a subprocess: it can abort).
-
-    `allow_requantize`: the source may itself be quantized (llama.cpp refuses that unless asked)."""
-    import llama_cpp
-
-    from mlxlab.device import llama_threads
-
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
-    try:
-        proc = subprocess.run([sys.executable, "-c", _QUANTIZE_SCRIPT, str(source), str(dest), str(ftype),
-                               str(max(1, llama_threads())), "1" if allow_requantize else "0"],
-                              capture_output=True, text=True,
-                              timeout=QUANTIZE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise MlxlabError(f"llama.cpp's quantizer did not finish within {QUANTIZE_TIMEOUT_S} s ({out_type})",
-                          path=source, hint="check free memory and disk; try --out-type q8_0 or f16") from None
-    if proc.returncode != 0 or not dest.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise MlxlabError(f"llama.cpp could not quantize to {out_type} (exit {proc.returncode}): {tail}",
-                          hint="try --out-type q8_0 or f16")
-
-
 _VERIFY_SCRIPT = """
 import json, sys
 import numpy as np
@@ -530,11 +489,11 @@ def export_gguf(model: str | Path, output: str | Path, *, out_type: str = "f16",
     finally:
         intermediate.unlink(missing_ok=True)
         reference.unlink(missing_ok=True)
-    from mlxlab.gguf.gguf_tokenizer import _chat_template, _read_json, _token_text
+    from mlxlab.gguf.gguf_tokenizer import chat_template, read_json, token_text
 
     tok_config = model_dir / "tokenizer_config.json"
-    tok = _read_json(tok_config) if tok_config.is_file() else {}
-    modelfile = write_modelfile(path, _chat_template(model_dir, tok), _token_text(tok.get("eos_token")))
+    tok = read_json(tok_config) if tok_config.is_file() else {}
+    modelfile = write_modelfile(path, chat_template(model_dir, tok), token_text(tok.get("eos_token")))
     verify_path = None
     if report is not None:
         report["gguf"] = str(path)

@@ -29,6 +29,7 @@ import numpy as np
 
 from mlxlab.device import import_mlx
 from mlxlab.errors import MlxlabError
+from mlxlab.gguf.tables import ARCHITECTURES, IMPORTABLE, PRE_TOKENIZERS
 
 GROUP_SIZE = 32
 # bumped whenever the same GGUF would convert differently, so that cached imports are redone (mlxlab.models)
@@ -38,11 +39,6 @@ _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
 _SUFFIXES = {"weight", "scales", "biases", "bias"}
 
-# GGUF architecture -> (mlx-lm model_type, HF architectures entry); q/k permutation and gemma's (1 + w) norms
-# come from the export's table, so import undoes exactly what export does
-_ARCHS = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-          "qwen3": ("qwen3", "Qwen3ForCausalLM"), "phi3": ("phi3", "Phi3ForCausalLM"),
-          "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 # Gemma's residual stream leaves float16's range (gemma-3-270m at BOS: 67,000 > 65,504), so what would be float16
 # (scales, biases, F16 tensors; mlx-lm computes in their dtype) is float32: in float16 the imported gemma-3-270m got
 # BOS's top-1 wrong (mean |Δlogit| 4.9 against llama.cpp); bfloat16 is safe too but its scales and biases cost
@@ -53,24 +49,10 @@ _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # GGUF tensors that are no weights of mlx-lm's model: folded into config.json (or not needed)
 _CONFIG_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 
-# Pre-tokenizer regexes per `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp applies them
-# (a list is applied in sequence; the first of SmolLM's isolates every digit).
-_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-              r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-             r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {
-    **dict.fromkeys(["gpt2", "gpt-2", "mpt", "olmo", "jais", "default"], [_GPT2_RE]),
-    **dict.fromkeys(["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"],
-                    [r"\p{N}", _GPT2_RE]),
-    **dict.fromkeys(["llama-bpe", "llama3", "dbrx", "smaug-bpe"], [_LLAMA3_RE]),
-    **dict.fromkeys(["qwen2", "stablelm2", "deepseek-r1-qwen"], [_QWEN2_RE]),
-}
-
 # What llama.cpp assumes where a GGUF lacks a tokenizer key (llama-vocab.cpp, load): a SentencePiece ("llama")
-# vocabulary has <unk> 0, <s> 1, </s> 2 and adds <s>; of the byte-level BPE pre-tokenizers above, the Llama 3 ones
-# add BOS, and take a word that is a token whole before any merge ("ignore_merges", as HF's Llama 3 tokenizer.json)
+# vocabulary has <unk> 0, <s> 1, </s> 2 and adds <s>; of the byte-level BPE pre-tokenizers (tables.PRE_TOKENIZERS),
+# the Llama 3 ones add BOS, and take a word that is a token whole before any merge ("ignore_merges", as HF's Llama 3
+# tokenizer.json)
 _SPM_SPECIAL_IDS = {"unknown": 0, "bos": 1, "eos": 2}
 _LLAMA3_PRE = {"llama-bpe", "llama3"}
 
@@ -99,9 +81,7 @@ def read_gguf(path: Path):
 
 def _layout(arch: str) -> tuple[bool, bool]:
     """(q/k rows permuted by llama.cpp, norms stored as 1 + w) for a GGUF architecture."""
-    from mlxlab.gguf.gguf_export import ARCHITECTURES
-
-    _, permuted, gemma = ARCHITECTURES[_ARCHS[arch][0]]
+    _, permuted, gemma = ARCHITECTURES[IMPORTABLE[arch][0]]
     return permuted, gemma
 
 
@@ -211,16 +191,16 @@ def _adds_bos(meta: dict) -> bool:
 def _architecture(meta: dict, path: Path) -> str:
     """The GGUF's architecture, if import supports it; else an MlxlabError."""
     arch = meta.get("general.architecture")
-    if arch not in _ARCHS:
+    if arch not in IMPORTABLE:
         raise MlxlabError(f"GGUF architecture {arch!r} is not supported for import", path=path,
-                          hint=f"supported: {', '.join(sorted(_ARCHS))}; or pass a Hugging Face model id")
+                          hint=f"supported: {', '.join(sorted(IMPORTABLE))}; or pass a Hugging Face model id")
     return arch
 
 
 def build_config(meta: dict, path: Path, gguf_tensors=()) -> dict:
     """config.json for mlx-lm from GGUF hyperparameters (quantization is added once the weights are known)."""
     arch = _architecture(meta, path)
-    model_type, hf_arch = _ARCHS[arch]
+    model_type, hf_arch = IMPORTABLE[arch]
     if "rope_freqs.weight" in gguf_tensors:
         raise MlxlabError("this GGUF uses llama3-style rope scaling (rope_freqs), which import does not support yet",
                           path=path, hint="pass the Hugging Face id (e.g. mlx-community/...) instead")
@@ -449,10 +429,10 @@ def build_tokenizer(meta: dict, dest: Path, path: Path) -> None:
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
         pre = meta.get("tokenizer.ggml.pre", "default")
         tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=pre in _LLAMA3_PRE))
-        regexes = _PRE_TOKENIZERS.get(pre)
+        regexes = PRE_TOKENIZERS.get(pre)
         if regexes is None:
             raise MlxlabError(f"GGUF pre-tokenizer {pre!r} is not known to mlxlab", path=path,
-                              hint=f"known: {', '.join(sorted(_PRE_TOKENIZERS))}; or pass the Hugging Face id")
+                              hint=f"known: {', '.join(sorted(PRE_TOKENIZERS))}; or pass the Hugging Face id")
         splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

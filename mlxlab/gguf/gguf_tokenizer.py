@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
-from mlxlab.gguf.gguf_import import _GPT2_RE, _PRE_TOKENIZERS
+from mlxlab.gguf.tables import GPT2_RE, PRE_TOKENIZERS
 
 # pre-tokenizer names (of gguf_import's regex table) that llama.cpp's loader accepts, most specific first
 _EXPORT_PRE = ("smollm", "llama-bpe", "qwen2", "gpt2")
@@ -38,7 +38,7 @@ class TokenizerMeta:
     add_space_prefix: bool | None = None          # SentencePiece: "▁" before the text (None: llama.cpp's default)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     """A JSON file as a dict, or an MlxlabError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -46,7 +46,7 @@ def _read_json(path: Path) -> dict:
         raise MlxlabError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno, column=exc.colno) from exc
 
 
-def _token_text(value) -> str | None:
+def token_text(value) -> str | None:
     """A special token entry of tokenizer_config.json (a string or an AddedToken dict) as text."""
     if isinstance(value, dict):
         return value.get("content")
@@ -78,7 +78,7 @@ def _pre_regexes(pre: dict | None) -> list[str] | None:
         elif kind == "ByteLevel":
             byte_level = True
             if part.get("use_regex", True):
-                regexes.append(_GPT2_RE)
+                regexes.append(GPT2_RE)
         else:
             return None
     return regexes if byte_level else None
@@ -91,7 +91,7 @@ def pre_tokenizer_name(tokenizer_json: dict, path: Path) -> str:
         raise MlxlabError("this tokenizer.json is not byte-level BPE with a known pre-tokenizer", path=path,
                           hint="supported: GPT-2, SmolLM, Llama 3 and Qwen style byte-level BPE, or SentencePiece")
     for name in _EXPORT_PRE:
-        if _PRE_TOKENIZERS.get(name) == regexes:
+        if PRE_TOKENIZERS.get(name) == regexes:
             return "gpt-2" if name == "gpt2" else name      # llama.cpp spells the GPT-2 style "gpt-2"
     raise MlxlabError(f"unknown pre-tokenizer regexes {regexes!r}: llama.cpp would split text differently",
                       path=path, hint="known styles: GPT-2, SmolLM, Llama 3, Qwen 2")
@@ -127,7 +127,7 @@ def _bpe_meta(model_dir: Path, tok_json: dict, config: dict) -> TokenizerMeta:
     meta = TokenizerMeta(model="gpt2", pre=pre_tokenizer_name(tok_json, path), tokens=tokens, types=types,
                          merges=merges)
     post = json.dumps(tok_json.get("post_processor") or {})
-    bos = _token_text(config.get("bos_token"))
+    bos = token_text(config.get("bos_token"))
     meta.add_bos = bool(config.get("add_bos_token", bos is not None and json.dumps(bos) in post))
     meta.add_eos = bool(config.get("add_eos_token", False))
     return meta
@@ -154,7 +154,7 @@ def _sentencepiece_meta(model_dir: Path, config: dict) -> TokenizerMeta:
     tok_json = model_dir / "tokenizer.json"
     space_prefix = None
     if tok_json.is_file():
-        fast = _read_json(tok_json)
+        fast = read_json(tok_json)
         # the fast tokenizer's normalizer says whether a "▁" goes before the text (Llama 2 yes, Gemma no)
         space_prefix = '"Prepend"' in json.dumps(fast.get("normalizer")) or fast.get("pre_tokenizer") is not None \
             and '"prepend_scheme": "always"' in json.dumps(fast.get("pre_tokenizer"))
@@ -162,7 +162,7 @@ def _sentencepiece_meta(model_dir: Path, config: dict) -> TokenizerMeta:
             idx = entry.get("id")
             if not entry.get("special") and isinstance(idx, int) and idx < len(types) and types[idx] == NORMAL:
                 types[idx] = USER_DEFINED
-    added = _read_json(model_dir / "added_tokens.json") if (model_dir / "added_tokens.json").is_file() else {}
+    added = read_json(model_dir / "added_tokens.json") if (model_dir / "added_tokens.json").is_file() else {}
     for text, idx in sorted(added.items(), key=lambda kv: kv[1]):
         if idx == len(tokens):
             tokens.append(text), scores.append(-1000.0), types.append(USER_DEFINED)
@@ -173,7 +173,7 @@ def _sentencepiece_meta(model_dir: Path, config: dict) -> TokenizerMeta:
     return meta
 
 
-def _chat_template(model_dir: Path, config: dict) -> str | None:
+def chat_template(model_dir: Path, config: dict) -> str | None:
     """The Jinja chat template: chat_template.jinja wins over tokenizer_config.json (as in transformers)."""
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
@@ -199,13 +199,13 @@ def _loaded_tokenizer_json(model_dir: Path) -> dict | None:
     except Exception:  # no transformers, or a tokenizer it cannot load: fall back to the file
         pass
     path = model_dir / "tokenizer.json"
-    return _read_json(path) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def read_tokenizer(model_dir: Path, model_config: dict) -> TokenizerMeta:
     """GGUF tokenizer metadata for the HF-layout model in `model_dir`."""
     tok_config_path = model_dir / "tokenizer_config.json"
-    config = _read_json(tok_config_path) if tok_config_path.is_file() else {}
+    config = read_json(tok_config_path) if tok_config_path.is_file() else {}
     tok_json = _loaded_tokenizer_json(model_dir)
     if tok_json is not None and tok_json.get("model", {}).get("type") == "BPE" and \
             _pre_regexes(tok_json.get("pre_tokenizer")) is not None:
@@ -219,7 +219,7 @@ def read_tokenizer(model_dir: Path, model_config: dict) -> TokenizerMeta:
                           hint="copy the tokenizer files of the base model next to config.json")
     index = {t: i for i, t in enumerate(meta.tokens)}
     for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")):
-        text = _token_text(config.get(name))
+        text = token_text(config.get(name))
         if text is not None and text in index:
             meta.special[key] = index[text]
     for key, name in (("bos", "bos_token_id"), ("eos", "eos_token_id")):
@@ -230,7 +230,7 @@ def read_tokenizer(model_dir: Path, model_config: dict) -> TokenizerMeta:
             meta.special[key] = value
     if "bos" not in meta.special:
         meta.add_bos = False
-    meta.chat_template = _chat_template(model_dir, config)
+    meta.chat_template = chat_template(model_dir, config)
     return meta
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlab.taxonomy.documents import READABLE_SUFFIXES, read_document  # noqa: F401  (re-exported: SDG reads both here)
+from mlxlab.taxonomy.documents import read_document
 from mlxlab.errors import MlxlabError
 
 _HEADING = re.compile(r"^(#{1,6})(?:[ \t].*)?$")      # a Markdown heading, possibly empty ("#", "## ##")

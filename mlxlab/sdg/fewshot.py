@@ -117,7 +117,7 @@ def score_texts(sample: dict) -> tuple[tuple[str, str], tuple[str, str]]:
 
 def fewshot_pipeline(run, seeds: list[dict], chunks: list) -> dict[str, dict]:
     """The few-shot style (`mlxlab.sdg.fewshot`): one new pair per continuation of the seeds' pattern."""
-    from mlxlab.sdg.sdg import knowledge_examples
+    from mlxlab.sdg.sdg_units import knowledge_examples
 
     cfg, leaf = run.cfg, run.leaf
     n = cfg.samples_per_seed

@@ -31,13 +31,14 @@ GATES = ("leakage", "repetition", "truncated", "not_a_question", "echo", "length
 
 # ---------------------------------------------------------------------------------------------- ROUGE-L
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
+    """The lowercase words of `text`, as ROUGE-L and the gates count them."""
     return re.findall(r"\w+", text.lower())
 
 
 def rouge_l(a: str | list[str], b: str | list[str]) -> float:
     """ROUGE-L F1 between two texts (longest common subsequence of lowercase words)."""
-    return _rouge(_words(a) if isinstance(a, str) else a, _words(b) if isinstance(b, str) else b)
+    return _rouge(words_of(a) if isinstance(a, str) else a, words_of(b) if isinstance(b, str) else b)
 
 
 def _masks(words: Iterable[str]) -> dict[str, int]:
@@ -109,9 +110,9 @@ def leaf_profile(pairs: list[tuple[str, str]], *, task: str = "", documents: Ite
     counts then bound the answers instead of the seed answers'.
     """
     documents = [_text(d) for d in documents]
-    questions = [_words(_text(q)) for q, _ in pairs]
-    answers_words = [_words(_text(a)) for _, a in pairs]
-    drawn = [_words(_text(a)) for a in answers] if answers is not None else answers_words
+    questions = [words_of(_text(q)) for q, _ in pairs]
+    answers_words = [words_of(_text(a)) for _, a in pairs]
+    drawn = [words_of(_text(a)) for a in answers] if answers is not None else answers_words
     vocabulary = set(_content(_text(task)))
     for text in [t for pair in pairs for t in pair] + documents:
         vocabulary.update(_content(_text(text)))
@@ -150,7 +151,7 @@ def _failures(question, answer, profile: LeafProfile, finish_reason: str, contex
               settings: GateSettings | None) -> Iterator[tuple[str, str]]:
     s = settings or GateSettings()
     q, a = _text(question), _text(answer)
-    qw, aw = _words(q), _words(a)
+    qw, aw = words_of(q), words_of(a)
     checks = (
         ("leakage", lambda: _leakage(q, "question", chatter=True) or _leakage(a, "answer")),
         ("repetition", lambda: _repetition(q, a, s)),
@@ -244,14 +245,14 @@ def _repetition(question: str, answer: str, s: GateSettings) -> str | None:
                 if count <= limit:
                     break
                 unit = units[keys.index(key)]
-                if len(_words(unit)) >= 4:
+                if len(words_of(unit)) >= 4:
                     return f"{kind} repeated {count} times in the {where}: {_quote(unit)}"
-        share = _repeated_ngrams(_words(text), s.min_ngram_words)
+        share = _repeated_ngrams(words_of(text), s.min_ngram_words)
         if share > s.max_repeated_ngrams:
             return f"{share:.0%} of the word 4-grams of the {where} repeat earlier ones"
     seen = set()
     for sentence in _SENTENCE_END.split(question):
-        key = " ".join(_words(sentence))
+        key = " ".join(words_of(sentence))
         if key.count(" ") >= 2 and key in seen:
             return f"the question says the same sentence twice: {_quote(sentence)}"
         seen.add(key)
@@ -325,10 +326,10 @@ def _not_a_question(question: str, words: list[str], profile: LeafProfile | None
         return None
     for sentence in _SENTENCE_END.split(question):
         clauses = [_POLITE.sub("", sentence.strip())]
-        head = _words(clauses[0])[:1]
+        head = words_of(clauses[0])[:1]
         if head and head[0] in _SETTING and "," in clauses[0]:
             clauses.append(_POLITE.sub("", clauses[0].split(",", 1)[1].strip()))
-        if any(_REQUEST.match(clause) or _words(clause)[:1] and _words(clause)[0] in _ASKING for clause in clauses):
+        if any(_REQUEST.match(clause) or words_of(clause)[:1] and words_of(clause)[0] in _ASKING for clause in clauses):
             return None
     return "the question neither asks (no '?') nor starts with an interrogative or imperative word"
 

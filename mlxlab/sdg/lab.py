@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mlxlab.config import GenerateConfig
 from mlxlab.prompts import extract, load_prompt, parse_score
-from mlxlab.sdg.sdg import _knowledge_units, _Run, knowledge_examples
+from mlxlab.sdg.sdg_units import Run, knowledge_examples, knowledge_units
 
 
 def _field(tag: str, cfg: GenerateConfig, name: str | None = None):
@@ -37,7 +37,7 @@ def _context_block(item: dict) -> str:
     return f"\n[Start of Context]\n{item['context']}\n[End of Context]" if item.get("context") else ""
 
 
-def skills_pipeline(run: _Run, seeds: list[dict]) -> dict[str, dict]:
+def skills_pipeline(run: Run, seeds: list[dict]) -> dict[str, dict]:
     """LAB skills, freeform and grounded: (contexts →) questions → answers, from the visible seed items."""
     cfg, leaf = run.cfg, run.leaf
     P = load_prompt
@@ -57,7 +57,7 @@ def skills_pipeline(run: _Run, seeds: list[dict]) -> dict[str, dict]:
         question=it["question"], context_block=_context_block(it)), _field("Answer", cfg))
 
 
-def skills_judges(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+def skills_judges(run: Run, items: dict[str, dict]) -> dict[str, dict]:
     """The LAB skill judges: the question (0/1), then the pair (1-3)."""
     cfg, P = run.cfg, load_prompt
     qj, pj = P("question_judge"), P("pair_judge")
@@ -80,7 +80,7 @@ def _qa_parse(cfg: GenerateConfig):
     return parse
 
 
-def knowledge_pipeline(run: _Run, seeds: list[dict], chunks: list) -> dict[str, dict]:
+def knowledge_pipeline(run: Run, seeds: list[dict], chunks: list) -> dict[str, dict]:
     """LAB knowledge: Q&A grounded in a chunk, with a seed example's Q&A as examples."""
     cfg, leaf = run.cfg, run.leaf
     examples = knowledge_examples(seeds)
@@ -89,12 +89,12 @@ def knowledge_pipeline(run: _Run, seeds: list[dict], chunks: list) -> dict[str, 
         return "\n".join(f"[Start of Question]\n{qa['question']}\n[End of Question]\n[Start of Answer]\n"
                          f"{qa['answer']}\n[End of Answer]" for qa in examples[i]["qas"][:3])
 
-    return run.stage("qa", _knowledge_units(examples, chunks, cfg.samples_per_seed), lambda it: load_prompt(
+    return run.stage("qa", knowledge_units(examples, chunks, cfg.samples_per_seed), lambda it: load_prompt(
         "knowledge_qa").render(domain=leaf.domain or "", document_outline=leaf.document_outline or "",
                                examples=shown(it["seed"]), chunk=it["chunk"]), _qa_parse(cfg))
 
 
-def knowledge_judges(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+def knowledge_judges(run: Run, items: dict[str, dict]) -> dict[str, dict]:
     """The LAB knowledge judges: faithfulness to the chunk, relevancy, question quality."""
     cfg, P = run.cfg, load_prompt
     fj, rj, qj = P("knowledge_faithfulness"), P("knowledge_relevancy"), P("knowledge_question_quality")

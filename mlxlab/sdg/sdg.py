@@ -20,10 +20,9 @@ from pathlib import Path
 from mlxlab.config import GenerateConfig
 from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write as _atomic_write
-from mlxlab.sdg.gates import _words, rouge_l  # noqa: F401 (re-exported)
 from mlxlab.progress import Display as _Display
-from mlxlab.sdg.sdg_units import (JOURNAL_VERSION, Journal, _Run, _unit_seed, journal_path,  # noqa: F401 (re-exported)
-                              leaf_key)
+from mlxlab.sdg.gates import rouge_l, words_of
+from mlxlab.sdg.sdg_units import Journal, Run, journal_path, leaf_key
 
 # the prompt templates (mlxlab/prompts/<role>.yaml) the pipelines use; other stages keep theirs there too
 ROLES = ("skill_questions", "grounded_contexts", "grounded_questions", "question_judge", "answer", "pair_judge",
@@ -77,10 +76,10 @@ class LeafStats:
 
 def remove_near_duplicates(texts: list[str], threshold: float, reference: list[str] = ()) -> list[int]:
     """Indices of `texts` to keep: each below `threshold` ROUGE-L to every kept text and every reference."""
-    kept_words = [_words(t) for t in reference]
+    kept_words = [words_of(t) for t in reference]
     keep = []
     for i, text in enumerate(texts):
-        words = _words(text)
+        words = words_of(text)
         if not words or any(rouge_l(words, other) >= threshold for other in kept_words):
             continue
         keep.append(i)
@@ -88,29 +87,9 @@ def remove_near_duplicates(texts: list[str], threshold: float, reference: list[s
     return keep
 
 
-# ---------------------------------------------------------------------------------------------- journal
-
-# ---------------------------------------------------------------------------------------------- pipelines
-
-def knowledge_examples(seeds: list[dict]) -> list[dict]:
-    """Visible knowledge seed items grouped back into examples: [{context, qas: [{question, answer}]}]."""
-    grouped: dict[int, dict] = {}
-    for item in seeds:
-        grouped.setdefault(item["example"], {"context": item.get("context", ""), "qas": []})["qas"].append(item)
-    return list(grouped.values())
-
-
-def _knowledge_units(examples: list[dict], chunks: list, n: int) -> dict[str, dict]:
-    """`n` attempts per seed Q&A, each example in turn, spread evenly over the chunks so every part of the
-    documents gets questions."""
-    total = n * sum(len(e["qas"]) for e in examples)
-    return {f"{u}": {"seed": u % len(examples), "chunk": chunks[u * len(chunks) // total].text,
-                     "chunk_index": chunks[u * len(chunks) // total].index} for u in range(total)}
-
-
 # ---------------------------------------------------------------------------------------------- filters
 
-def gate_stage(run: _Run, items: dict[str, dict], profile) -> dict[str, dict]:
+def gate_stage(run: Run, items: dict[str, dict], profile) -> dict[str, dict]:
     """Drop what a deterministic gate catches (`mlxlab.sdg.gates`); count each gate and keep a few examples."""
     from mlxlab.sdg.gates import GATES, check_sample
 
@@ -133,7 +112,7 @@ def gate_stage(run: _Run, items: dict[str, dict], profile) -> dict[str, dict]:
     return passed
 
 
-def likelihood_stage(run: _Run, items: dict[str, dict]) -> dict[str, dict]:
+def likelihood_stage(run: Run, items: dict[str, dict]) -> dict[str, dict]:
     """Keep the best `keep_fraction` of samples by log p(answer | question) - log p(answer) per token (> 0)."""
     from mlxlab.sdg.fewshot import score_texts
 
@@ -219,7 +198,7 @@ def _load_taxonomy(root: str):
 
 def _readable(leaf) -> list:
     """A knowledge leaf's documents that mlxlab reads (.md, .txt, .pdf)."""
-    from mlxlab.sdg.chunking import READABLE_SUFFIXES
+    from mlxlab.taxonomy.documents import READABLE_SUFFIXES
 
     return [p for p in leaf.documents if Path(p).suffix.lower() in READABLE_SUFFIXES] if leaf.kind == "knowledge" \
         else []
@@ -299,7 +278,7 @@ def _run_leaf(leaf, teacher, cfg: GenerateConfig, out: Path, display: _Display, 
     if journal.restarted:
         stats.notes.append("the leaf, its documents or the generation settings changed since the last run: "
                            "started afresh")
-    run = _Run(teacher, cfg, leaf, journal, stats, display, share)
+    run = Run(teacher, cfg, leaf, journal, stats, display, share)
     seeds = split["train"]
     chunks = _knowledge_chunks(leaf, teacher, cfg, stats) if leaf.kind == "knowledge" else []
     lengths = sorted(teacher.count_tokens(s["answer"]) for s in seeds)

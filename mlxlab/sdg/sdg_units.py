@@ -3,7 +3,7 @@
 A stage is a list of units with deterministic ids. They go to the teacher in fixed groups (the same batches on
 every run, so a resumed run repeats its text exactly); finished units are appended to the leaf's journal. Under
 `mlx.launch` rank r runs groups r, r + size, ... with its own teacher and journal, and after each stage every rank
-gets every result through the distributed group (`_Run._swap`), so all ranks continue with the same items and
+gets every result through the distributed group (`Run._swap`), so all ranks continue with the same items and
 the data equal one process's.
 """
 
@@ -84,7 +84,7 @@ def leaf_key(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- runner
 
-class _Run:
+class Run:
     """One leaf's run: the teacher, the journal, the settings, the stats and the progress display."""
 
     def __init__(self, teacher, cfg: GenerateConfig, leaf, journal: Journal, stats, display,
@@ -136,12 +136,12 @@ class _Run:
             if picked is not None:
                 out = [(f"[Start of {tag}]\n{p}\n[End of {tag}]" if p else "", 1, "choice") for p in picked]
             elif stop is not None:
-                seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
+                seeds = [unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
                 done = self.teacher.complete(messages, stop=stop, temperature=temperature, top_p=cfg.top_p,
                                              max_tokens=max_tokens, seeds=seeds, progress=advance)
                 out = [(c.text, c.tokens, c.finish_reason) for c in done]
             else:
-                seeds = [_unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
+                seeds = [unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
                 done = self.teacher.generate(messages, n=1, temperature=temperature, top_p=cfg.top_p,
                                              max_tokens=max_tokens, seeds=seeds, progress=advance)
                 out = [(c[0].text, c[0].tokens, c[0].finish_reason) for c in done]
@@ -193,6 +193,22 @@ class _Run:
         return passed
 
 
-def _unit_seed(seed: int, leaf: str, uid: str) -> int:
+def unit_seed(seed: int, leaf: str, uid: str) -> int:
     digest = hashlib.sha256(f"{seed}\0{leaf}\0{uid}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def knowledge_examples(seeds: list[dict]) -> list[dict]:
+    """Visible knowledge seed items grouped back into examples: [{context, qas: [{question, answer}]}]."""
+    grouped: dict[int, dict] = {}
+    for item in seeds:
+        grouped.setdefault(item["example"], {"context": item.get("context", ""), "qas": []})["qas"].append(item)
+    return list(grouped.values())
+
+
+def knowledge_units(examples: list[dict], chunks: list, n: int) -> dict[str, dict]:
+    """`n` attempts per seed Q&A, each example in turn, spread evenly over the chunks so every part of the
+    documents gets questions."""
+    total = n * sum(len(e["qas"]) for e in examples)
+    return {f"{u}": {"seed": u % len(examples), "chunk": chunks[u * len(chunks) // total].text,
+                     "chunk_index": chunks[u * len(chunks) // total].index} for u in range(total)}

@@ -10,8 +10,8 @@ _LAZY = {
     "make_teacher": "mlxlab.teacher.teacher",
     "choose_backend": "mlxlab.teacher.teacher",
     "default_batch_size": "mlxlab.teacher.teacher",
-    "GenerationStats": "mlxlab.teacher.teacher",
-    "Completion": "mlxlab.teacher.teacher",
+    "GenerationStats": "mlxlab.teacher.completions",
+    "Completion": "mlxlab.teacher.completions",
 }
 
 __all__ = list(_LAZY)

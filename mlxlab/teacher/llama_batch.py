@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher.teacher import cut_at_stop
+from mlxlab.teacher.completions import cut_at_stop
 
 HOLDERS = 2                    # shared prefixes kept resident at once (the queue is ordered by prefix)
 N_BATCH = 2048                 # most tokens in one llama_decode call

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from mlxlab.teacher.teacher import Completion, cut_at_stop, plan_prefixes
+from mlxlab.teacher.completions import Completion, cut_at_stop, plan_prefixes
 
 PREFIX_CACHE_BYTES = 512 * 2**20  # prefilled prefixes kept between calls, least recently used dropped first
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher.teacher import Completion, until_stop
+from mlxlab.teacher.completions import Completion, until_stop
 
 
 class ServerDown(MlxlabError):
