@@ -136,14 +136,15 @@ def _broadcast_bytes(data: bytes | None, w: World) -> bytes:
 
 
 def from_main(fn: Callable[[], Any], what: str, w: World | None = None) -> Any:
-    """`fn()` on rank 0 only; its JSON-able result on every rank.
+    """`fn()` on rank 0 only; its JSON-able result on every rank, as JSON gives it back (tuples are lists, keys
+    strings, Paths strings) on one process too, so a caller sees the same types however many ranks run.
 
     When `fn` raises, rank 0 re-raises its own exception and every other rank raises an MlxlabError that says
     so (the same message, file and hint for an MlxlabError): no rank is left waiting for an answer.
     """
     w = w or world()
     if w.size == 1:
-        return fn()
+        return json.loads(json.dumps(fn(), default=str))
     reply: dict = {}
     if w.main:
         try:

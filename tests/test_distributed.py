@@ -84,6 +84,8 @@ def test_helpers_in_one_process():
     w = dist.world()
     assert (w.rank, w.size, w.main, w.describe()) == (0, 1, True, "single process")
     assert dist.from_main(lambda: {"a": 1}, "testing") == {"a": 1}
+    # the types N ranks get through the broadcast's JSON, on one process too
+    assert dist.from_main(lambda: {1: (Path("x"), 2.5)}, "testing") == {"1": ["x", 2.5]}
     assert dist.gather_json([1, "x"], "testing") == [[1, "x"]]
     dist.check_batch(3, w)
     with pytest.raises(MlxlabError, match="does not split over 2 ranks") as info:

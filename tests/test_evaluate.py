@@ -83,7 +83,7 @@ def test_parse_judgement(text, score):
 
 
 def test_default_prompt_set_is_the_papers():
-    from mlxlab.evaluate.evaluation import read_prompt_set
+    from mlxlab.evaluate.prompt_sets import read_prompt_set
 
     pset = read_prompt_set()
     assert [p.id for p in pset.prompts] == ["rest_api", "processes_sessions", "database", "hello_world", "calculator"]
@@ -99,7 +99,7 @@ def test_default_prompt_set_is_the_papers():
     ("prompts:\n  - id: a\n    prompt: 'unclosed\n", 4, "invalid YAML"),
 ])
 def test_prompt_set_errors_name_file_and_line(tmp_path, text, line, needle):
-    from mlxlab.evaluate.evaluation import read_prompt_set
+    from mlxlab.evaluate.prompt_sets import read_prompt_set
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -127,8 +127,10 @@ def test_summary_aggregates_judge_manual_and_rouge():
 
 def test_scripted_judge_outputs_counted(prompt_file):
     from mlxlab.config import EvalConfig
-    from mlxlab.evaluate.evaluation import judge_rows, read_prompt_set
-    from mlxlab.teacher.teacher import Completion, Teacher
+    from mlxlab.evaluate.evaluation import judge_rows
+    from mlxlab.evaluate.prompt_sets import read_prompt_set
+    from mlxlab.teacher.completions import Completion
+    from mlxlab.teacher.teacher import Teacher
 
     class Scripted(Teacher):
         def __init__(self, outputs):
@@ -240,7 +242,7 @@ def test_gguf_answers_through_llama_cpp(smollm2_gguf, prompt_file, tmp_path):
                                               (None, "the prompt set not found")])
 def test_unreadable_or_missing_prompt_set_is_a_clear_error(tmp_path, content, message):
     from mlxlab.errors import MlxlabError
-    from mlxlab.evaluate.evaluation import read_prompt_set
+    from mlxlab.evaluate.prompt_sets import read_prompt_set
 
     path = tmp_path / "prompts.yaml"
     if content is not None:

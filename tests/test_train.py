@@ -427,7 +427,7 @@ def test_unknown_roles_and_missing_replies_are_file_line_errors(tmp_path):
 
 def test_resume_drops_a_torn_last_line_of_the_training_log(tiny_llama, chat_data, tmp_path):
     """A kill in the middle of writing a log line leaves it torn; resume keeps every whole line and goes on."""
-    from mlxlab.evaluate.plots import read_log
+    from mlxlab.train.train_log import read_log
     from mlxlab.train.loop import train
 
     settings = dict(num_iters=8, save_every=4, steps_per_eval=4, seed=1, **FAST)

@@ -27,10 +27,9 @@ from typing import TextIO
 
 from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
+from mlxlab.evaluate.prompt_sets import EvalPrompt, PromptSet, load_prompts
 from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.sdg.gates import rouge_l
-from mlxlab.evaluate.prompt_sets import (DEFAULT_SET, EvalPrompt, PromptSet, load_prompts,  # noqa: F401 (evaluate's names too)
-                                read_prompt_set)
 from mlxlab.teacher.teacher import Teacher, make_teacher
 
 SCORES = tuple(str(i) for i in range(6))
@@ -507,7 +506,8 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
     `summary.md` into `output`. A finished training run there is reused; an interrupted one resumes.
     """
     from mlxlab.evaluate.plots import sweep_plots, sweep_table
-    from mlxlab.train.loop import checkpoints, train
+    from mlxlab.train.checkpoints import checkpoints
+    from mlxlab.train.loop import TrainResult, train
 
     cfg = config if config is not None else EvalConfig()
     cfg = resolve(EvalConfig, **{**dataclasses.asdict(cfg), **overrides, **({"iters": list(iters)} if iters else {})})
@@ -519,8 +519,7 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
     train_dir = output / "train"
     done = checkpoints(train_dir)
     if (train_dir / "result.json").is_file() and all(i in done for i in points):
-        from mlxlab.train.loop import _result_from_json
-        trained = _result_from_json(json.loads((train_dir / "result.json").read_text(encoding="utf-8")))
+        trained = TrainResult.from_json(json.loads((train_dir / "result.json").read_text(encoding="utf-8")))
     else:
         trained = train(model, data, train_dir, config=train_config, quiet=quiet,
                         **{**(train_overrides or {}), "num_iters": points[-1], "save_at": points,

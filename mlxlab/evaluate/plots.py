@@ -8,96 +8,10 @@ module stays cheap.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mlxlab.errors import MlxlabError
-
-
-class _Figures:
-    """`subplots` like pyplot's, on bare `matplotlib.figure.Figure`s: no global backend is switched, so a
-    notebook's inline display keeps working and nothing needs closing."""
-
-    @staticmethod
-    def subplots(*grid, figsize=None, squeeze=True):
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=figsize)
-        return fig, fig.subplots(*grid, squeeze=squeeze)
-
-
-def _pyplot() -> _Figures:
-    return _Figures()
-
-
-def _save(fig, path: Path) -> Path:
-    from mlxlab.files import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
-
-
-def draw_loss(ax, log_rows: list[dict], heldout: list[tuple[int, float]] | None = None,
-              kept: int | None = None) -> None:
-    """Training loss, validation loss and (optionally) held-out loss at checkpoints against iteration.
-
-    Rows of phased training (tagged `phase`) get a line where each later phase starts; `kept` marks the
-    iteration whose adapters were kept."""
-    train_rows = [(r["iter"], r["loss"]) for r in log_rows if "loss" in r]
-    val_rows = [(r["iter"], r["val_loss"]) for r in log_rows if "val_loss" in r]
-    if train_rows:
-        ax.plot(*zip(*train_rows), linewidth=1, label="training loss")
-    if val_rows:
-        ax.plot(*zip(*val_rows), "s--", label="validation loss")
-    if heldout:
-        ax.plot(*zip(*heldout), "o-", label="held-out loss (checkpoints)")
-    starts = {}
-    for row in log_rows:
-        starts.setdefault(row.get("phase"), row["iter"])
-    for phase, start in list(starts.items())[1:]:
-        if phase is not None:
-            ax.axvline(start, color="gray", linestyle=":", linewidth=1)
-            ax.annotate(f"phase {phase}", (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", fontsize=8, color="gray")
-    if kept is not None:
-        ax.axvline(kept, color="green", linestyle="--", linewidth=1, label=f"kept (iteration {kept})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-
-
-def read_log(train_log: Path | None) -> list[dict]:
-    """The rows of a train_log.jsonl ([] when there is none); a torn last line (a kill mid-write) is left out."""
-    if train_log is None or not Path(train_log).is_file():
-        return []
-    lines = Path(train_log).read_text(encoding="utf-8").splitlines()
-    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
-    rows = []
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == last:
-                break
-            raise MlxlabError(f"not valid JSON: {exc.msg}", path=Path(train_log), line=number + 1,
-                              column=exc.colno, hint="a training log is written by `mlxlab train`: delete the "
-                                                     "broken line, or train into a new --output") from None
-    return rows
-
-
-def plot_loss(train_log: Path, png: Path, *, kept: int | None = None) -> Path | None:
-    """The loss curve of a training log as a PNG (None when matplotlib is not installed)."""
-    try:
-        fig, ax = _pyplot().subplots(figsize=(7, 4))
-    except ImportError:
-        return None
-    draw_loss(ax, read_log(train_log), kept=kept)
-    fig.tight_layout()
-    return _save(fig, Path(png))
+from mlxlab.figures import figures, save_png
+from mlxlab.train.train_log import draw_loss, read_log
 
 
 def _series(summary: dict) -> list[tuple[str, int, dict]]:
@@ -113,7 +27,7 @@ def _score_label(summary: dict) -> str:
 
 def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str, Path]:
     """per_prompt.png, mean.png, side_by_side.png, loss.png and heldout_loss.png in `output`; their paths."""
-    plt = _pyplot()
+    plt = figures()
     output.mkdir(parents=True, exist_ok=True)
     series = _series(summary)
     xs = [it for _, it, _ in series]
@@ -141,7 +55,7 @@ def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle("score per prompt (mean of the answers; bars: min-max)")
     fig.tight_layout()
-    plots["per_prompt"] = _save(fig, output / "per_prompt.png")
+    plots["per_prompt"] = save_png(fig, output / "per_prompt.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     scores = [m["score"] for _, _, m in series]
@@ -160,7 +74,7 @@ def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str
     ax.legend()
     ax.set_title("mean performance")
     fig.tight_layout()
-    plots["mean"] = _save(fig, output / "mean.png")
+    plots["mean"] = save_png(fig, output / "mean.png")
 
     fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(prompts) + 2), 4))
     width = 0.8 / max(1, len(series))
@@ -174,14 +88,14 @@ def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str
     ax.legend(fontsize=8)
     ax.set_title("all prompts side by side")
     fig.tight_layout()
-    plots["side_by_side"] = _save(fig, output / "side_by_side.png")
+    plots["side_by_side"] = save_png(fig, output / "side_by_side.png")
 
     heldout = [(x, m.get("heldout_loss")) for x, (_, _, m) in zip(xs, series) if m.get("heldout_loss") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     draw_loss(ax, read_log(train_log), heldout)
     ax.set_title("loss curve")
     fig.tight_layout()
-    plots["loss"] = _save(fig, output / "loss.png")
+    plots["loss"] = save_png(fig, output / "loss.png")
 
     if heldout:
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -191,7 +105,7 @@ def sweep_plots(summary: dict, train_log: Path | None, output: Path) -> dict[str
         ax.grid(alpha=0.3)
         ax.set_title("held-out loss vs iterations")
         fig.tight_layout()
-        plots["heldout_loss"] = _save(fig, output / "heldout_loss.png")
+        plots["heldout_loss"] = save_png(fig, output / "heldout_loss.png")
     return plots
 
 

@@ -20,7 +20,8 @@ _TRAJECTORY = ("method", "lora_rank", "lora_scale", "lora_dropout", "num_layers"
                "max_seq_length", "mask_prompt", "quantize", "seed")
 
 
-def _flat(tree) -> list:
+def flatten(tree) -> list:
+    """(dotted key, array) pairs of an mlx parameter or optimizer-state tree."""
     from mlx.utils import tree_flatten
     return tree_flatten(tree)
 
@@ -37,7 +38,7 @@ def save_adapters(model, folder: Path, config: dict) -> None:
     from mlx_lm.utils import save_config
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = dict(_flat(model.trainable_parameters()))
+    weights = dict(flatten(model.trainable_parameters()))
     # mx.save_safetensors appends .safetensors to names without it, so the temp name keeps the suffix
     with atomic_path(folder / "adapters.safetensors", suffix=".safetensors") as tmp:
         mx.save_safetensors(str(tmp), weights)
@@ -53,7 +54,7 @@ def save_checkpoint(output: Path, step: int, model, optimizer, state: dict, conf
     shutil.rmtree(staging, ignore_errors=True)
     save_adapters(model, staging, config)
     with atomic_path(staging / "optimizer.safetensors", suffix=".safetensors") as tmp:
-        mx.save_safetensors(str(tmp), dict(_flat(optimizer.state)))
+        mx.save_safetensors(str(tmp), dict(flatten(optimizer.state)))
     atomic_write(staging / "state.json", json.dumps(state, indent=2))
     # an older checkpoint of this step stays on disk (as iter_N.old) until the new one is in place
     replace_dir(staging, final)
@@ -71,7 +72,8 @@ def checkpoints(output: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _set_by_path(tree, key: str, value) -> None:
+def set_by_path(tree, key: str, value) -> None:
+    """Set the leaf at dotted `key` (as `flatten` names it) of `tree` to `value`."""
     # the optimizer state must be updated in place: the compiled step holds on to its containers
     parts = key.split(".")
     node = tree
@@ -113,5 +115,5 @@ def restore_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, fingerpri
                                "new --output")
     model.load_weights(str(path / "adapters.safetensors"), strict=False)
     for key, value in mx.load(str(path / "optimizer.safetensors")).items():
-        _set_by_path(optimizer.state, key, value)
+        set_by_path(optimizer.state, key, value)
     return state

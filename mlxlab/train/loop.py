@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from mlxlab.train.checkpoints import (_flat, _set_by_path, _write_atomic, checkpoints,  # noqa: F401
-                                restore_checkpoint, save_adapters, save_checkpoint)
+from mlxlab.train.checkpoints import (checkpoints, flatten, restore_checkpoint, save_adapters, save_checkpoint,
+                                      set_by_path)
 from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
 from mlxlab.errors import MlxlabError
-from mlxlab.evaluate.plots import read_log
+from mlxlab.files import atomic_write
+from mlxlab.train.train_log import read_log
 
 DEFAULT_ITERS = 100
 @dataclass(frozen=True)
@@ -58,6 +59,13 @@ class TrainResult:
         out = dataclasses.asdict(self)
         out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> TrainResult:
+        """The result `to_json` wrote (result.json)."""
+        return cls(**{**saved, "adapters": Path(saved["adapters"]), "log": Path(saved["log"]),
+                      "loss_plot": Path(saved["loss_plot"]) if saved["loss_plot"] else None,
+                      "checkpoints": {int(k): Path(v) for k, v in saved["checkpoints"].items()}})
 
 
 def model_fingerprint(model) -> str:
@@ -134,7 +142,7 @@ def attach_adapters(model, cfg: TrainConfig) -> int:
         linear_to_lora_layers(model, num_layers, params, use_dora=cfg.method == "dora")
     else:
         raise MlxlabError(f"unknown method {cfg.method!r}", hint="use one of: lora, dora, full")
-    if not any(True for _ in _flat(model.trainable_parameters())):
+    if not any(True for _ in flatten(model.trainable_parameters())):
         raise MlxlabError("nothing to train: no module matched lora_keys", hint="check --lora-keys")
     return num_layers
 
@@ -324,18 +332,17 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         # drop log lines a killed run wrote after its last checkpoint, and a line it was killed in the middle of
         kept = [row for row in read_log(log_path) if row["iter"] <= start]
         if log_path.is_file():
-            _write_atomic(log_path, lambda p: p.write_text("".join(json.dumps(row) + "\n" for row in kept),
-                                                           encoding="utf-8"))
+            atomic_write(log_path, "".join(json.dumps(row) + "\n" for row in kept))
         return {"start": start, "evals": [row for row in kept if "val_loss" in row or "general_loss" in row]}
 
     begun = dist.from_main(restore, "restoring the checkpoint", w)
     # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
     start, evals = begun["start"], begun["evals"]
     if w.size > 1:      # every rank starts from rank 0's adapters and optimizer state (fresh or restored)
-        net.load_weights(list(dist.broadcast_arrays(dict(_flat(net.trainable_parameters())), "sharing the adapters",
+        net.load_weights(list(dist.broadcast_arrays(dict(flatten(net.trainable_parameters())), "sharing the adapters",
                                                     w).items()), strict=False)
-        for key, value in dist.broadcast_arrays(dict(_flat(optimizer.state)), "sharing the optimizer", w).items():
-            _set_by_path(optimizer.state, key, value)
+        for key, value in dist.broadcast_arrays(dict(flatten(optimizer.state)), "sharing the optimizer", w).items():
+            set_by_path(optimizer.state, key, value)
     watch = (valid_set is not None or general_set is not None) and (cfg.keep_best or cfg.patience > 0
                                                                      or general_set is not None)
     if w.main:
@@ -411,7 +418,7 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         best, _ = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance)
         if cfg.keep_best and best is row and w.main:
             save_adapters(net, best_dir, adapter_cfg)
-            _write_atomic(best_dir / "best.json", lambda p: p.write_text(json.dumps(row), encoding="utf-8"))
+            atomic_write(best_dir / "best.json", json.dumps(row))
 
     net.train()
     progress, task = _progress(num_iters, start, quiet)
@@ -486,7 +493,7 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         if cfg.keep_best and best is not None and (best_dir / "adapters.safetensors").is_file():
             shutil.copy2(best_dir / "adapters.safetensors", output / "adapters.safetensors")
             say(f"kept the best checkpoint: {reason}")
-        from mlxlab.evaluate.plots import plot_loss
+        from mlxlab.train.train_log import plot_loss
 
         plot = plot_loss(log_path, output / "loss.png")
     result = TrainResult(
@@ -500,7 +507,7 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         best_reason=reason if cfg.keep_best else None, general_loss=general_loss,
         general_base_loss=reference(), stopped_early=stopped, world_size=w.size, rank_tokens=rank_tokens)
     if w.main:
-        _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(result.to_json(), indent=2)))
+        atomic_write(output / "result.json", json.dumps(result.to_json(), indent=2))
     say(f"done: loss {last_loss:.4f}" + (f", val {val_loss:.4f}" if val_loss is not None else "")
         + f", {result.tokens_per_second:.0f} tok/s, padding {result.padding_fraction:.1%}, "
         f"peak {result.peak_memory_gb:.2f} GB -> {output}")
@@ -545,7 +552,7 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
         output.mkdir(parents=True, exist_ok=True)
         for name in ("adapters.safetensors", "adapter_config.json"):
             shutil.copy2(previous / name, output / name)
-    return _result_from_json(from_main(lambda: combine_phases(output, len(phases)), "combining the phases"))
+    return TrainResult.from_json(from_main(lambda: combine_phases(output, len(phases)), "combining the phases"))
 
 
 def combine_phases(output: Path, count: int) -> dict:
@@ -556,7 +563,7 @@ def combine_phases(output: Path, count: int) -> dict:
     phase. `best_iter` is the iteration of the adapters in `output`: a phase that kept its iteration 0 kept the
     adapters it started from, those of the phase before.
     """
-    from mlxlab.evaluate.plots import plot_loss, read_log
+    from mlxlab.train.train_log import plot_loss, read_log
 
     output = Path(output)
     phases = [json.loads((output / f"phase_{n}" / "result.json").read_text(encoding="utf-8"))
@@ -571,7 +578,7 @@ def combine_phases(output: Path, count: int) -> dict:
             kept = offset + (ran if phase.get("best_iter") is None else phase["best_iter"])
         offset += ran
     log = output / "train_log.jsonl"
-    _write_atomic(log, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"))
+    atomic_write(log, "".join(json.dumps(r) + "\n" for r in rows))
     plot = plot_loss(log, output / "loss.png", kept=kept)
     last = phases[-1]
     combined = {**last, "adapters": str(output), "checkpoints": found, "num_iters": offset,
@@ -579,7 +586,7 @@ def combine_phases(output: Path, count: int) -> dict:
                 "loss_plot": str(plot) if plot else None, "best_iter": kept if last.get("best_iter") is not None
                 else None, "stopped_early": offset if last.get("stopped_early") else None,
                 "phases": [{k: v for k, v in p.items() if k != "phases"} for p in phases]}
-    _write_atomic(output / "result.json", lambda p: p.write_text(json.dumps(combined, indent=2), encoding="utf-8"))
+    atomic_write(output / "result.json", json.dumps(combined, indent=2))
     return combined
 
 
@@ -621,9 +628,3 @@ def read_phases(path: str | Path) -> list[dict]:
             raise MlxlabError("this phase has no `data`", **where, hint=example)
         phases.append(phase)
     return phases
-
-
-def _result_from_json(saved: dict) -> TrainResult:
-    return TrainResult(**{**saved, "adapters": Path(saved["adapters"]), "log": Path(saved["log"]),
-                          "loss_plot": Path(saved["loss_plot"]) if saved["loss_plot"] else None,
-                          "checkpoints": {int(k): Path(v) for k, v in saved["checkpoints"].items()}})
