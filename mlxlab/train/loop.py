@@ -17,6 +17,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -268,25 +269,39 @@ def train(model: str | Path | None, data: str | Path, output: str | Path, *, con
                       general_reference=general_reference, **overrides)
 
 
-def _train(model, data, output, *, config, init_adapters, quiet, general_reference, **overrides) -> TrainResult:
+@dataclass
+class _Setup:
+    """What the loop works with once the model, data, adapters and optimizer are ready (and restored)."""
+    cfg: TrainConfig
+    output: Path
+    model_ref: str
+    w: object                       # distributed.World
+    net: object
+    optimizer: object
+    fingerprint: str
+    data_id: str
+    train_set: object
+    valid_set: object
+    general_set: object
+    lengths: list[int]
+    per_epoch: int
+    num_iters: int
+    num_epochs: float
+    adapter_cfg: dict
+    log_path: Path
+    start: int
+    evals: list[dict]               # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
+    say: Callable[[str], None]
+
+
+def _setup(model, data, output: Path, cfg: TrainConfig, init_adapters, quiet: bool) -> _Setup:
+    """Load the base and the data, attach adapters, make the optimizer; restore the newest checkpoint on resume."""
+    from mlxlab import distributed as dist
     from mlxlab.device import import_mlx
+    from mlxlab.train.data import batches_per_epoch, read_sets
 
     mx = import_mlx()
-    import mlx.nn as nn
-    from mlx.nn.utils import average_gradients
-    from mlx.utils import tree_map
-    from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
-    from mlx_lm.utils import maybe_set_recommended_wired_limit
-
-    from mlxlab import distributed as dist
-    from mlxlab.train.data import batch_order, batches_per_epoch, make_batch, read_sets
-
-    cfg = config if config is not None else TrainConfig()
-    cfg = resolve(TrainConfig, **{**dataclasses.asdict(cfg), **overrides})
-    output = Path(output)
     model_ref = str(model) if model is not None else "smollm2"
-    if cfg.grad_accumulation < 1 or cfg.batch_size < 1:
-        raise MlxlabError("batch_size and grad_accumulation must be at least 1")
     w = dist.world()
     dist.check_batch(cfg.batch_size, w)
 
@@ -316,44 +331,52 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
         net.load_weights(str(Path(init_adapters) / "adapters.safetensors"), strict=False)
     optimizer = make_optimizer(cfg, num_iters)
     optimizer.init(net.trainable_parameters())
-    adapter_cfg = adapter_config(cfg, num_layers, model_ref)
-
-    log_path = output / "train_log.jsonl"
-
-    def restore() -> dict:
-        """Rank 0: the newest checkpoint into the model and optimizer; the step and the evaluations so far."""
-        output.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            log_path.unlink(missing_ok=True)
-            return {"start": 0, "evals": []}
-        newest = checkpoints(output)[max(checkpoints(output))]
-        start = restore_checkpoint(newest, net, optimizer, cfg, fingerprint, data_id, num_iters)["step"]
-        say(f"resuming from {newest} (iteration {start})")
-        # drop log lines a killed run wrote after its last checkpoint, and a line it was killed in the middle of
-        kept = [row for row in read_log(log_path) if row["iter"] <= start]
-        if log_path.is_file():
-            atomic_write(log_path, "".join(json.dumps(row) + "\n" for row in kept))
-        return {"start": start, "evals": [row for row in kept if "val_loss" in row or "general_loss" in row]}
-
-    begun = dist.from_main(restore, "restoring the checkpoint", w)
-    # {"iter", "val_loss", "general_loss"} rows, iteration 0 = the start
-    start, evals = begun["start"], begun["evals"]
+    s = _Setup(cfg, output, model_ref, w, net, optimizer, fingerprint, data_id, train_set, valid_set, general_set,
+               lengths, per_epoch, num_iters, num_epochs, adapter_config(cfg, num_layers, model_ref),
+               output / "train_log.jsonl", 0, [], say)
+    begun = dist.from_main(lambda: _restore(s, resuming), "restoring the checkpoint", w)
+    s.start, s.evals = begun["start"], begun["evals"]
     if w.size > 1:      # every rank starts from rank 0's adapters and optimizer state (fresh or restored)
         net.load_weights(list(dist.broadcast_arrays(dict(flatten(net.trainable_parameters())), "sharing the adapters",
                                                     w).items()), strict=False)
         for key, value in dist.broadcast_arrays(dict(flatten(optimizer.state)), "sharing the optimizer", w).items():
             set_by_path(optimizer.state, key, value)
-    watch = (valid_set is not None or general_set is not None) and (cfg.keep_best or cfg.patience > 0
-                                                                     or general_set is not None)
-    if w.main:
-        save_resolved(output / "config.yaml", cfg)
-    maybe_set_recommended_wired_limit()
-    if cfg.grad_checkpoint:
-        grad_checkpoint(net.layers[0])
+    return s
 
+
+def _restore(s: _Setup, resuming: bool) -> dict:
+    """Rank 0: the newest checkpoint into the model and optimizer; the step and the evaluations so far."""
+    s.output.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        s.log_path.unlink(missing_ok=True)
+        return {"start": 0, "evals": []}
+    newest = checkpoints(s.output)[max(checkpoints(s.output))]
+    start = restore_checkpoint(newest, s.net, s.optimizer, s.cfg, s.fingerprint, s.data_id, s.num_iters)["step"]
+    s.say(f"resuming from {newest} (iteration {start})")
+    # drop log lines a killed run wrote after its last checkpoint, and a line it was killed in the middle of
+    kept = [row for row in read_log(s.log_path) if row["iter"] <= start]
+    if s.log_path.is_file():
+        atomic_write(s.log_path, "".join(json.dumps(row) + "\n" for row in kept))
+    return {"start": start, "evals": [row for row in kept if "val_loss" in row or "general_loss" in row]}
+
+
+def _compiled_step(s: _Setup):
+    """(step, state, stream): one compiled micro-batch step that accumulates gradients and, on `update`,
+    averages them over the ranks and applies them."""
+    from mlx.nn.utils import average_gradients
+    from mlx.utils import tree_map
+    from mlx_lm.tuner.trainer import default_loss
+
+    from mlxlab import distributed as dist
+    from mlxlab.device import import_mlx
+
+    mx = import_mlx()
+    import mlx.nn as nn
+
+    net, optimizer, w = s.net, s.optimizer, s.w
     loss_and_grad = nn.value_and_grad(net, default_loss)
     state = [net.state, optimizer.state, mx.random.state]
-    accumulation = cfg.grad_accumulation
+    accumulation = s.cfg.grad_accumulation
 
     stream = dist.comm_stream() if w.size > 1 else None
 
@@ -377,140 +400,220 @@ def _train(model, data, output, *, config, init_adapters, quiet, general_referen
             grad = None
         return loss, ntoks, grad
 
+    return step, state, stream
+
+
+def _micro_batches(s: _Setup):
+    """micro_batch(index) -> (tokens, lengths, real, slots, weight): this rank's slice of global micro-batch `index`."""
+    from mlxlab.device import import_mlx
+    from mlxlab.train.data import batch_order, make_batch
+
+    mx = import_mlx()
     orders: dict[int, list[list[int]]] = {}
 
     def micro_batch(index: int):
-        epoch, position = divmod(index, per_epoch)
+        epoch, position = divmod(index, s.per_epoch)
         if epoch not in orders:
             orders.clear()
-            orders[epoch] = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+            orders[epoch] = batch_order(s.lengths, s.cfg.batch_size, seed=s.cfg.seed, epoch=epoch)
         batch = orders[epoch][position]
-        mine = batch[w.rank::w.size]    # this rank's slice of the global batch
-        if not mine:                    # a short last batch: take part in the collectives with a zero weight
-            return (*make_batch(train_set.samples, batch[:1])[:2], 0, 0, mx.array(0.0))
-        return (*make_batch(train_set.samples, mine), mx.array(1.0))
+        mine = batch[s.w.rank::s.w.size]    # this rank's slice of the global batch
+        if not mine:                        # a short last batch: take part in the collectives with a zero weight
+            return (*make_batch(s.train_set.samples, batch[:1])[:2], 0, 0, mx.array(0.0))
+        return (*make_batch(s.train_set.samples, mine), mx.array(1.0))
 
-    save_at = set(cfg.save_at) | ({i for i in range(cfg.save_every, num_iters + 1, cfg.save_every)}
-                                 if cfg.save_every > 0 else set())
-    real_total = slots_total = mine_total = 0
-    train_time = trained_tokens = 0.0
-    last_loss = float("nan")
-    val_loss = general_loss = None
-    stopped = None
-    best_dir = output / "best"
+    return micro_batch
 
-    def evaluate_at(it: int) -> dict:
+
+class _Watch:
+    """Validation and general losses at evaluation steps, and the best checkpoint so far (keep_best, patience)."""
+
+    def __init__(self, s: _Setup, general_reference: float | None):
+        self.s, self.general_reference = s, general_reference
+        self.best_dir = s.output / "best"
+        self.on = (s.valid_set is not None or s.general_set is not None) and (
+            s.cfg.keep_best or s.cfg.patience > 0 or s.general_set is not None)
+
+    def evaluate_at(self, it: int) -> dict:
         row = {"iter": it}
-        if valid_set is not None:
-            row["val_loss"] = _validate(net, valid_set, cfg)
-        if general_set is not None:
-            row["general_loss"] = _validate(net, general_set, cfg)
+        if self.s.valid_set is not None:
+            row["val_loss"] = _validate(self.s.net, self.s.valid_set, self.s.cfg)
+        if self.s.general_set is not None:
+            row["general_loss"] = _validate(self.s.net, self.s.general_set, self.s.cfg)
         return row
 
-    def reference() -> float | None:
-        if general_reference is not None:
-            return general_reference
-        return next((r.get("general_loss") for r in evals if r["iter"] == 0), None)
+    def reference(self) -> float | None:
+        if self.general_reference is not None:
+            return self.general_reference
+        return next((r.get("general_loss") for r in self.s.evals if r["iter"] == 0), None)
 
-    def consider(row: dict) -> None:
+    def best(self) -> tuple[dict | None, str | None]:
+        if not self.on:
+            return None, None
+        return select_best(self.s.evals, reference=self.reference(), tolerance=self.s.cfg.forgetting_tolerance)
+
+    def consider(self, row: dict) -> None:
         """Record an evaluation; keep its adapters aside when it is the best so far."""
-        evals.append(row)
-        best, _ = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance)
-        if cfg.keep_best and best is row and w.main:
-            save_adapters(net, best_dir, adapter_cfg)
-            atomic_write(best_dir / "best.json", json.dumps(row))
+        self.s.evals.append(row)
+        best, _ = self.best()
+        if self.s.cfg.keep_best and best is row and self.s.w.main:
+            save_adapters(self.s.net, self.best_dir, self.s.adapter_cfg)
+            atomic_write(self.best_dir / "best.json", json.dumps(row))
 
-    net.train()
-    progress, task = _progress(num_iters, start, quiet)
-    with progress, (log_path.open("a", encoding="utf-8") if w.main else io.StringIO()) as log:
-        if watch and start == 0:
-            row = evaluate_at(0)
+    def patience_ran_out(self, it: int) -> bool:
+        best, _ = self.best()
+        since = sum(1 for r in self.s.evals if best is None or r["iter"] > best["iter"])
+        return self.s.cfg.patience > 0 and since >= self.s.cfg.patience and it < self.s.num_iters
+
+
+@dataclass
+class _Totals:
+    """What the steps add up to, for the result."""
+    real: int = 0                   # real (not padding) tokens this rank trained on
+    slots: int = 0                  # token slots of its batches, padding included
+    mine: int = 0                   # real tokens of this rank's slices
+    seconds: float = 0.0
+    tokens: float = 0.0             # real tokens of the whole group
+    last_loss: float = float("nan")
+    val_loss: float | None = None
+    general_loss: float | None = None
+    stopped: int | None = None      # iteration where patience ran out
+
+
+def _train(model, data, output, *, config, init_adapters, quiet, general_reference, **overrides) -> TrainResult:
+    from mlx_lm.tuner.trainer import grad_checkpoint
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    cfg = config if config is not None else TrainConfig()
+    cfg = resolve(TrainConfig, **{**dataclasses.asdict(cfg), **overrides})
+    output = Path(output)
+    if cfg.grad_accumulation < 1 or cfg.batch_size < 1:
+        raise MlxlabError("batch_size and grad_accumulation must be at least 1")
+    s = _setup(model, data, output, cfg, init_adapters, quiet)
+    watch = _Watch(s, general_reference)
+    if s.w.main:
+        save_resolved(output / "config.yaml", cfg)
+    maybe_set_recommended_wired_limit()
+    if cfg.grad_checkpoint:
+        grad_checkpoint(s.net.layers[0])
+    step, state, stream = _compiled_step(s)
+    micro_batch = _micro_batches(s)
+    save_at = set(cfg.save_at) | ({i for i in range(cfg.save_every, s.num_iters + 1, cfg.save_every)}
+                                 if cfg.save_every > 0 else set())
+    totals = _Totals()
+    evaluated = s.valid_set is not None or s.general_set is not None
+
+    s.net.train()
+    progress, task = _progress(s.num_iters, s.start, quiet)
+    with progress, (s.log_path.open("a", encoding="utf-8") if s.w.main else io.StringIO()) as log:
+        if watch.on and s.start == 0:
+            row = watch.evaluate_at(0)
             log.write(json.dumps(row) + "\n")
-            consider(row)
-            say("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "iter"))
-        for it in range(start + 1, num_iters + 1):
-            # a per-step key that depends on (seed, step) only: resume restores dropout exactly
-            mx.random.seed(cfg.seed * 1_000_003 + it)
-            tic = time.perf_counter()
-            grad, loss_sum, tok_sum, real_step = None, mx.array(0.0), mx.array(0), 0
-            for micro in range(accumulation):
-                tokens, lens, real, slots, weight = micro_batch((it - 1) * accumulation + micro)
-                loss, ntoks, grad = step(tokens, lens, weight, grad, micro == accumulation - 1)
-                loss_sum = loss_sum + loss * ntoks
-                tok_sum = tok_sum + ntoks
-                mx.eval(state, loss_sum, tok_sum, grad)
-                real_step += real
-                real_total += real
-                slots_total += slots
-            mine_total += real_step
-            if w.size > 1:              # the loss and the tokens of the whole group
-                loss_sum, tok_sum, real_step = (x.item() for x in mx.distributed.all_sum(mx.stack(
-                    [loss_sum, tok_sum.astype(mx.float32), mx.array(float(real_step))]), stream=stream))
-                real_step = int(real_step)
-            elapsed = time.perf_counter() - tic
-            train_time += elapsed
-            trained_tokens += real_step
-            last_loss = float(loss_sum / tok_sum)
-            if not math.isfinite(last_loss):
-                raise MlxlabError(f"the loss became {last_loss} at iteration {it}",
-                                  hint="lower --learning-rate, or check the data for empty replies")
-            row = {"iter": it, "loss": last_loss, "lr": optimizer.learning_rate.item(),
-                   "tokens": real_step, "tokens_per_second": real_step / elapsed,
-                   "peak_memory_gb": mx.get_peak_memory() / 1e9}
+            watch.consider(row)
+            s.say("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "iter"))
+        for it in range(s.start + 1, s.num_iters + 1):
+            row = _iteration(s, it, step, state, stream, micro_batch, totals)
             log.write(json.dumps(row) + "\n")
-            due = (cfg.steps_per_eval and it % cfg.steps_per_eval == 0) or it == num_iters
-            if (valid_set is not None or general_set is not None) and due:
-                scores = evaluate_at(it)
-                val_loss, general_loss = scores.get("val_loss"), scores.get("general_loss")
+            if evaluated and ((cfg.steps_per_eval and it % cfg.steps_per_eval == 0) or it == s.num_iters):
+                scores = watch.evaluate_at(it)
+                totals.val_loss, totals.general_loss = scores.get("val_loss"), scores.get("general_loss")
                 log.write(json.dumps(scores) + "\n")
-                if watch:
-                    consider(scores)
-                    best, _ = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance)
-                    since = sum(1 for r in evals if best is None or r["iter"] > best["iter"])
-                    if cfg.patience > 0 and since >= cfg.patience and it < num_iters:
-                        stopped = it
+                if watch.on:
+                    watch.consider(scores)
+                    if watch.patience_ran_out(it):
+                        totals.stopped = it
             log.flush()
-            if it in save_at and w.main:
-                epoch, position = divmod(it * accumulation, per_epoch)
-                save_checkpoint(output, it, net, optimizer, {
-                    "step": it, "epoch": epoch, "position": position, "num_iters": num_iters,
-                    "rng": f"mx.random.seed(seed * 1000003 + step) before each step; seed={cfg.seed}",
-                    "model": model_ref, "model_fingerprint": fingerprint, "data_hash": data_id,
-                    "config": to_dict(cfg)["train"]}, adapter_cfg)
-            progress.update(task, advance=1, info=f"loss {last_loss:.3f} {row['tokens_per_second']:.0f} tok/s")
-            if stopped is not None:
-                say(f"stopping early at iteration {it}: {cfg.patience} evaluation(s) without a better checkpoint")
+            if it in save_at and s.w.main:
+                _checkpoint(s, it)
+            progress.update(task, advance=1, info=f"loss {totals.last_loss:.3f} {row['tokens_per_second']:.0f} tok/s")
+            if totals.stopped is not None:
+                s.say(f"stopping early at iteration {it}: {cfg.patience} evaluation(s) without a better checkpoint")
                 break
+    return _finish(s, watch, totals)
 
-    rank_tokens = dist.gather_json(mine_total, "collecting each rank's share", w)
-    best, reason = select_best(evals, reference=reference(), tolerance=cfg.forgetting_tolerance) \
-        if watch else (None, None)
+
+def _iteration(s: _Setup, it: int, step, state, stream, micro_batch, totals: _Totals) -> dict:
+    """One optimizer step (grad_accumulation micro-batches); its log row."""
+    from mlxlab.device import import_mlx
+
+    mx = import_mlx()
+    accumulation, w = s.cfg.grad_accumulation, s.w
+    # a per-step key that depends on (seed, step) only: resume restores dropout exactly
+    mx.random.seed(s.cfg.seed * 1_000_003 + it)
+    tic = time.perf_counter()
+    grad, loss_sum, tok_sum, real_step = None, mx.array(0.0), mx.array(0), 0
+    for micro in range(accumulation):
+        tokens, lens, real, slots, weight = micro_batch((it - 1) * accumulation + micro)
+        loss, ntoks, grad = step(tokens, lens, weight, grad, micro == accumulation - 1)
+        loss_sum = loss_sum + loss * ntoks
+        tok_sum = tok_sum + ntoks
+        mx.eval(state, loss_sum, tok_sum, grad)
+        real_step += real
+        totals.real += real
+        totals.slots += slots
+    totals.mine += real_step
+    if w.size > 1:              # the loss and the tokens of the whole group
+        loss_sum, tok_sum, real_step = (x.item() for x in mx.distributed.all_sum(mx.stack(
+            [loss_sum, tok_sum.astype(mx.float32), mx.array(float(real_step))]), stream=stream))
+        real_step = int(real_step)
+    elapsed = time.perf_counter() - tic
+    totals.seconds += elapsed
+    totals.tokens += real_step
+    totals.last_loss = float(loss_sum / tok_sum)
+    if not math.isfinite(totals.last_loss):
+        raise MlxlabError(f"the loss became {totals.last_loss} at iteration {it}",
+                          hint="lower --learning-rate, or check the data for empty replies")
+    return {"iter": it, "loss": totals.last_loss, "lr": s.optimizer.learning_rate.item(),
+            "tokens": real_step, "tokens_per_second": real_step / elapsed,
+            "peak_memory_gb": mx.get_peak_memory() / 1e9}
+
+
+def _checkpoint(s: _Setup, it: int) -> None:
+    epoch, position = divmod(it * s.cfg.grad_accumulation, s.per_epoch)
+    save_checkpoint(s.output, it, s.net, s.optimizer, {
+        "step": it, "epoch": epoch, "position": position, "num_iters": s.num_iters,
+        "rng": f"mx.random.seed(seed * 1000003 + step) before each step; seed={s.cfg.seed}",
+        "model": s.model_ref, "model_fingerprint": s.fingerprint, "data_hash": s.data_id,
+        "config": to_dict(s.cfg)["train"]}, s.adapter_cfg)
+
+
+def _finish(s: _Setup, watch: _Watch, totals: _Totals) -> TrainResult:
+    """Gather the ranks' shares, keep the best adapters, write the result; rank 0 alone writes."""
+    from mlxlab import distributed as dist
+    from mlxlab.device import import_mlx
+
+    mx = import_mlx()
+    cfg, output, w = s.cfg, s.output, s.w
+    rank_tokens = dist.gather_json(totals.mine, "collecting each rank's share", w)
+    best, reason = watch.best()
+    val_loss, general_loss = totals.val_loss, totals.general_loss
     if cfg.keep_best and best is not None:
         val_loss, general_loss = best.get("val_loss"), best.get("general_loss")
     plot = None
-    if w.main:                      # rank 0 alone writes
-        save_adapters(net, output, adapter_cfg)
-        if cfg.keep_best and best is not None and (best_dir / "adapters.safetensors").is_file():
-            shutil.copy2(best_dir / "adapters.safetensors", output / "adapters.safetensors")
-            say(f"kept the best checkpoint: {reason}")
+    if w.main:
+        save_adapters(s.net, output, s.adapter_cfg)
+        if cfg.keep_best and best is not None and (watch.best_dir / "adapters.safetensors").is_file():
+            shutil.copy2(watch.best_dir / "adapters.safetensors", output / "adapters.safetensors")
+            s.say(f"kept the best checkpoint: {reason}")
         from mlxlab.train.train_log import plot_loss
 
-        plot = plot_loss(log_path, output / "loss.png")
+        plot = plot_loss(s.log_path, output / "loss.png")
     result = TrainResult(
-        adapters=output, checkpoints=checkpoints(output) if w.main else {}, final_loss=last_loss, val_loss=val_loss,
-        tokens_per_second=trained_tokens / train_time if train_time else 0.0,
+        adapters=output, checkpoints=checkpoints(output) if w.main else {}, final_loss=totals.last_loss,
+        val_loss=val_loss, tokens_per_second=totals.tokens / totals.seconds if totals.seconds else 0.0,
         peak_memory_gb=mx.get_peak_memory() / 1e9,
-        padding_fraction=1 - real_total / slots_total if slots_total else 0.0,
-        num_iters=num_iters, num_epochs=num_epochs, truncated=train_set.truncated,
-        dropped=train_set.untrained, log=log_path, loss_plot=plot,
+        padding_fraction=1 - totals.real / totals.slots if totals.slots else 0.0,
+        num_iters=s.num_iters, num_epochs=s.num_epochs, truncated=s.train_set.truncated,
+        dropped=s.train_set.untrained, log=s.log_path, loss_plot=plot,
         best_iter=best["iter"] if best is not None and cfg.keep_best else None,
         best_reason=reason if cfg.keep_best else None, general_loss=general_loss,
-        general_base_loss=reference(), stopped_early=stopped, world_size=w.size, rank_tokens=rank_tokens)
+        general_base_loss=watch.reference(), stopped_early=totals.stopped, world_size=w.size,
+        rank_tokens=rank_tokens)
     if w.main:
         atomic_write(output / "result.json", json.dumps(result.to_json(), indent=2))
-    say(f"done: loss {last_loss:.4f}" + (f", val {val_loss:.4f}" if val_loss is not None else "")
-        + f", {result.tokens_per_second:.0f} tok/s, padding {result.padding_fraction:.1%}, "
-        f"peak {result.peak_memory_gb:.2f} GB -> {output}")
+    s.say(f"done: loss {totals.last_loss:.4f}" + (f", val {val_loss:.4f}" if val_loss is not None else "")
+          + f", {result.tokens_per_second:.0f} tok/s, padding {result.padding_fraction:.1%}, "
+          f"peak {result.peak_memory_gb:.2f} GB -> {output}")
     return result
 
 
