@@ -16,31 +16,12 @@ _bind_blas()
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it. A function named like its module (train, fuse, serve, chat,
+# submodule -> the public names it defines. A function named like its module (train, fuse, serve, chat,
 # evaluate) is not listed: importing the submodule would rebind `mlxlab.<name>` to the module.
 # Use `from mlxlab.train import train` for those.
-_LAZY = {
-    "Taxonomy": "mlxlab.taxonomy.taxonomy",
-    "validate": "mlxlab.taxonomy.taxonomy",
-    "diff": "mlxlab.taxonomy.taxonomy",
-    "resolve_model": "mlxlab.models",
-    "import_gguf": "mlxlab.models",
-    "load_model": "mlxlab.models",
-    "device_info": "mlxlab.device",
-    "bind_blas": "mlxlab.device",
-    "load_config": "mlxlab.config",
-    "Teacher": "mlxlab.teacher.teacher",
-    "make_teacher": "mlxlab.teacher.teacher",
-    "generate_data": "mlxlab.sdg.sdg",
-    "train_phases": "mlxlab.train.loop",
-    "export_gguf": "mlxlab.gguf.gguf_export",
-    "attention_maps": "mlxlab.evaluate.attention",
-    "plot_attention": "mlxlab.evaluate.attention",
-    "sweep": "mlxlab.evaluate.evaluation",
-    "run": "mlxlab.pipeline",
-}
-
-__all__ = ["MlxlabError", "__version__", *_LAZY]
-
-
-__getattr__, __dir__ = _exports(__name__, _LAZY)
+__getattr__, __dir__, _public = _exports(__name__, {
+    "taxonomy.taxonomy": "Taxonomy validate diff", "models": "resolve_model import_gguf load_model",
+    "device": "device_info bind_blas", "config": "load_config", "teacher.teacher": "Teacher make_teacher",
+    "sdg.sdg": "generate_data", "train.loop": "train_phases", "gguf.gguf_export": "export_gguf",
+    "evaluate.attention": "attention_maps plot_attention", "evaluate.evaluation": "sweep", "pipeline": "run"})
+__all__ = ["MlxlabError", "__version__", *_public]

@@ -10,8 +10,10 @@ import importlib
 import sys
 
 
-def exports(package: str, table: dict[str, str]):
-    """`__getattr__` and `__dir__` for `package`: `table` maps each public name to the module that defines it."""
+def exports(package: str, modules: dict[str, str]):
+    """(`__getattr__`, `__dir__`, the public names) for `package`; `modules` maps each submodule (relative to
+    `package`) to the space-separated public names it defines."""
+    table = {name: f"{package}.{module}" for module, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str):
         module = table.get(name)
@@ -24,4 +26,4 @@ def exports(package: str, table: dict[str, str]):
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(table))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(table)

@@ -3,7 +3,7 @@ private name imported across modules, and the CLI's help loads no MLX.
 
 The import graph is drawn from the source with `ast`: imports at module level and inside functions both count,
 relative and `mlxlab.x.y` names resolve to modules, and `from mlxlab.<stage> import name` resolves through the
-package's lazy table (`_LAZY`) to the module that defines `name`.
+package's lazy table (its `exports(__name__, {...})` call) to the module that defines `name`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return found
 
 
-def _lazy_table(tree: ast.Module) -> dict[str, str]:
-    """A package's `_LAZY = {name: module}` table (names its __getattr__ imports on first use)."""
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
-            return ast.literal_eval(node.value)
+def _lazy_table(package: str, tree: ast.Module) -> dict[str, str]:
+    """A package's public names -> the modules that define them, from its `exports(__name__, {module: names})`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("exports", "_exports"):
+            modules = ast.literal_eval(node.args[1])
+            return {name: f"{package}.{module}" for module, names in modules.items() for name in names.split()}
     return {}
 
 
@@ -47,7 +48,7 @@ def import_graph() -> dict[tuple[str, str], set[str]]:
     """(importer, imported module) -> the names imported, for every import inside mlxlab."""
     modules = _modules()
     trees = {name: ast.parse(path.read_text(encoding="utf-8")) for name, (path, _) in modules.items()}
-    lazy = {name: _lazy_table(trees[name]) for name, (_, package) in modules.items() if package}
+    lazy = {name: _lazy_table(name, trees[name]) for name, (_, package) in modules.items() if package}
     edges: dict[tuple[str, str], set[str]] = {}
     for name, (_, package) in modules.items():
         here = name if package else name.rpartition(".")[0]
@@ -151,7 +152,7 @@ def test_no_private_name_is_imported_across_modules():
 def test_every_stage_names_its_public_functions_lazily():
     for stage in _stages():
         path = PACKAGE / stage.split(".")[1] / "__init__.py"
-        table = _lazy_table(ast.parse(path.read_text(encoding="utf-8")))
+        table = _lazy_table(stage, ast.parse(path.read_text(encoding="utf-8")))
         assert table, f"{path} names no public function"
         modules = _modules()
         for name, module in table.items():
