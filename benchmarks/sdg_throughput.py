@@ -70,7 +70,7 @@ def mlx_modes(model, prompts, max_tokens: int, seed: int, dequantize: str, label
     teacher.batch_size = len(prompts)
     batched = measure(teacher, prompts, max_tokens, seed)
     teacher.prefix_cache = True
-    teacher._prefixes.clear()
+    teacher.engine.prefixes.clear()
     prefixed = measure(teacher, prompts, max_tokens, seed)
     # TTFT for one new prompt that shares the prefix: cold (no cache) vs the cached prefix from above
     probe = prompts[:1]
@@ -79,7 +79,7 @@ def mlx_modes(model, prompts, max_tokens: int, seed: int, dequantize: str, label
     teacher.prefix_cache = True
     shared = prompts[:2]                                                  # two prompts: the shared prefix is used
     warm = measure(teacher, shared, 1, seed)["seconds"]             # the prefix is cached by the run above
-    teacher._prefixes.clear()
+    teacher.engine.prefixes.clear()
     cold_two = measure(teacher, shared, 1, seed)["seconds"]
     same = single["texts"] == batched["texts"] == prefixed["texts"]
     teacher.close()

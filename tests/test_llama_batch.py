@@ -46,7 +46,7 @@ def test_tiny_ggufs_batched_equals_one_at_a_time_and_llama_cpp_python(tiny_ggufs
         one = single.complete(texts, temperature=0.0, max_tokens=10)
         assert many == one and sum(c.tokens for c in many) >= 10
         # an independent implementation of the same model: llama-cpp-python's own one-at-a-time path
-        reference = [batched._llama.create_completion(t, max_tokens=10, temperature=0.0)["choices"][0]["text"]
+        reference = [batched.engine.llama.create_completion(t, max_tokens=10, temperature=0.0)["choices"][0]["text"]
                      for t in texts]
         assert [c.text for c in many] == reference
         assert batched.stats.decode_seconds > 0 and batched.stats.generated_tokens == sum(c.tokens for c in many)
@@ -99,16 +99,17 @@ def _logit_gap_where_they_part(teacher: Teacher, messages: list[dict], a: str, b
     a batching bug (wrong positions, another sequence's cache) parts at tokens far apart. Measured here: 0.03
     at the pair CI parted at ("the letter" vs "letter"), 1.6 between " apple" and " banana".
     """
-    rendered = teacher._chat(messages=messages)
-    prompt = teacher._llama_tokens(rendered.prompt, special=True, add_bos=not getattr(rendered, "added_special", False))
-    ta, tb = (teacher._llama_tokens(t, special=False, add_bos=False) for t in (a, b))
+    rendered = teacher.engine.chat(messages=messages)
+    prompt = teacher.engine.llama_tokens(rendered.prompt, special=True,
+                                         add_bos=not getattr(rendered, "added_special", False))
+    ta, tb = (teacher.engine.llama_tokens(t, special=False, add_bos=False) for t in (a, b))
     k = next(i for i, (x, y) in enumerate(zip(ta + [-1], tb + [-2])) if x != y)
     if min(len(ta), len(tb)) <= k:
         return float("inf")                 # one text is a prefix of the other: not a tie between two tokens
     import llama_cpp
     import numpy as np
 
-    llama = teacher._llama
+    llama = teacher.engine.llama
     llama.reset()
     llama.eval(prompt + ta[:k])             # the last position's logits only (logits_all is off)
     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),))
@@ -138,10 +139,10 @@ def test_smollm2_batched_greedy_equals_one_at_a_time_and_prefix_is_evaluated_onc
     prompts = _prompts(6)
     teacher = smollm2_teacher
     teacher.stats.reset()
-    before = teacher._engine.counters.prefixes_evaluated
+    before = teacher.engine.batch.counters.prefixes_evaluated
     batched = teacher.generate(prompts, temperature=0.0, max_tokens=12)
     # the shared system prompt was evaluated once and handed to all six sequences
-    assert teacher._engine.counters.prefixes_evaluated == before + 1
+    assert teacher.engine.batch.counters.prefixes_evaluated == before + 1
     assert teacher.stats.cached_prefix_tokens > 5 * len(SYSTEM["content"]) // 8
     assert teacher.stats.prefill_tokens < teacher.stats.prompt_tokens / 2
     single = Teacher(smollm2_gguf, backend="llama-cpp", batch_size=1, n_ctx=1024, prefix_cache=False)
@@ -151,7 +152,7 @@ def test_smollm2_batched_greedy_equals_one_at_a_time_and_prefix_is_evaluated_onc
     for messages, a, b in zip(prompts, batched, alone):
         if a[0].text != b[0].text:          # a near tie that the batch's other rounding broke the other way
             assert _logit_gap_where_they_part(single, messages, a[0].text, b[0].text) < 0.5, (a, b)
-    assert single._engine.counters.prefixes_evaluated == 0
+    assert single.engine.batch.counters.prefixes_evaluated == 0
     # seeded sampling: the same seed gives the same texts again (every call starts from an empty cache)
     a = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)
     b = teacher.generate(prompts, temperature=0.8, max_tokens=12, seed=5)

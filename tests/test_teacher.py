@@ -130,6 +130,44 @@ def test_teacher_urls_parse_and_refuse_duplicates():
                                {"url": "http://b:2", "answered": 0, "down": False}]
 
 
+def test_an_engine_refuses_what_it_cannot_do_clearly():
+    from mlxlab.teacher.completions import Engine, GenerationStats
+    from mlxlab.teacher.openai_client import OpenAIEngine
+
+    bare = Engine(GenerationStats(), batch_size=2, prefix_cache=True, concurrency=1)
+    with pytest.raises(MlxlabError, match="needs an in-process teacher"):
+        bare.score([([1, 2], 1)], 8, None)
+    assert (bare.choose([[SYSTEM]], ["YES", "NO"], "", None), bare.num_parameters(), bare.servers()) == (None,) * 3
+    assert bare.count_tokens("eight ch") == 2 and not bare.can_score()
+    remote = OpenAIEngine(["http://a:1"], "m", GenerationStats(), retries=0, backoff_s=0.0, timeout_s=1.0,
+                          api_key_env="UNSET", batch_size=4, prefix_cache=True, concurrency=2)
+    assert not remote.can_score() and remote.servers() == [{"url": "http://a:1", "answered": 0, "down": False}]
+    # through the Teacher front, the same refusals: one engine chosen once, no backend test per method
+    teacher = make_teacher("m", url="http://a:1")
+    assert teacher.engine.backend == "openai" and teacher.choose([[SYSTEM]], ["YES", "NO"]) is None
+    with pytest.raises(MlxlabError, match="not openai") as info:
+        teacher.loglikelihood([("Q:", " A")])
+    assert "--scorer judge" in info.value.hint
+    teacher.batch_size = 7
+    assert teacher.engine.batch_size == 7 and teacher.concurrency == 4
+
+
+def test_mlx_engine_generates_scores_and_closes(tiny_llama):
+    from mlxlab.teacher.completions import GenerationStats
+    from mlxlab.teacher.mlx_batch import MlxEngine
+
+    engine = MlxEngine(tiny_llama, GenerationStats(), batch_size=2, prefix_cache=True, concurrency=1)
+    out = engine.complete(["one two", "three"], [1, 2], (), 0.0, 1.0, 4, None)
+    assert len(out) == 2 and all(isinstance(c, Completion) and 0 < c.tokens <= 4 for c in out)
+    assert engine.can_score() and engine.num_parameters() > 0
+    (total, count), = engine.score([(engine.tokens("one two three"), 1)], 8, None)
+    assert total < 0 and count == len(engine.tokens("one two three")) - 1
+    engine.close()
+    assert not engine.can_score() and engine.num_parameters() is None
+    with pytest.raises(MlxlabError, match="closed"):
+        engine.complete(["one"], [1], (), 0.0, 1.0, 4, None)
+
+
 def test_fleet_spreads_keeps_order_and_drops_a_failing_server():
     prompts = _prompts(8)
     with _stub() as a, _stub() as b, _stub(503) as failing:

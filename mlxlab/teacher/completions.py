@@ -1,5 +1,5 @@
-"""What the `Teacher` front and its engines share: the `Completion` record, generation counters, per-completion
-seeds, shared-prefix planning and stop strings.
+"""What the `Teacher` front and its engines share: the `Engine` interface, the `Completion` record, generation
+counters, per-completion seeds, shared-prefix planning and stop strings.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from mlxlab.errors import MlxlabError
 
 MIN_SHARED_PREFIX = 16          # shorter shared prefixes are not worth a separate prefill
 
@@ -96,3 +98,69 @@ def until_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
     """`text` up to the earliest stop string (all of it when none occurs; "" when one starts it)."""
     cut = cut_at_stop(text, stop)
     return text if cut is None else cut
+
+
+class Engine:
+    """One teacher backend behind the interface `Teacher` calls: generate from chat prompts, complete raw
+    texts, score (log-likelihoods), choose among short answers, count tokens, close. What a backend cannot do
+    is a clear error (or None, for the optional `choose`) here, not a test of the backend in each method."""
+
+    backend = "engine"
+    model = tokenizer = None        # the in-process MLX model and its tokenizer (mlx engine only)
+
+    def __init__(self, stats: GenerationStats, *, batch_size: int, prefix_cache: bool, concurrency: int):
+        self.stats = stats          # the Teacher's counters, shared
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        self.concurrency = concurrency
+
+    def generate(self, prompts: list[Messages], jobs: list[tuple[int, int, int]], temperature: float, top_p: float,
+                 max_tokens: int, progress: Progress | None) -> list[Completion]:
+        """One completion per job (prompt index, sample index, seed), in job order."""
+        raise NotImplementedError
+
+    def complete(self, texts: list[str], keys: list[int], stop: tuple[str, ...], temperature: float, top_p: float,
+                 max_tokens: int, progress: Progress | None) -> list[Completion]:
+        """One continuation of each raw text (seeded by `keys`), cut before the first of the `stop` strings."""
+        raise NotImplementedError
+
+    def choose(self, prompts: list[Messages], choices: list[str], prefix: str,
+               progress: Progress | None) -> list[str] | None:
+        """The most likely of `choices` after each prompt's reply starts with `prefix`; None where it cannot."""
+        return None
+
+    def can_score(self) -> bool:
+        """True when `score` works (an in-process model that is still open)."""
+        return False
+
+    def tokens(self, text: str) -> list[int]:
+        """`text` in the model's own tokenizer, as raw text (no chat template): what `score` takes."""
+        raise self.not_scoring()
+
+    def score(self, encoded: list[tuple[list[int], int]], batch_size: int,
+              progress: Progress | None) -> list[tuple[float, int]]:
+        """(sum of log p, tokens) of each token sequence from its `boundary` on, for (tokens, boundary) pairs."""
+        raise self.not_scoring()
+
+    def not_scoring(self) -> MlxlabError:
+        """The error for a scoring call this engine cannot answer."""
+        return MlxlabError(f"log-likelihood scoring needs an in-process teacher (mlx or llama-cpp), not "
+                           f"{self.backend}", hint="use --scorer judge (or auto) with this teacher")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` (about 4 characters a token where the tokenizer is not at hand)."""
+        return max(1, len(text) // 4)
+
+    def num_parameters(self) -> int | None:
+        """Parameters of an in-process model, else None (unknown)."""
+        return None
+
+    def servers(self) -> list[dict] | None:
+        """Per server of a fleet, its URL, the requests it answered and whether it is down; else None."""
+        return None
+
+    def weights_changed(self) -> None:
+        """The model's weights changed in place: drop what was computed with the old ones."""
+
+    def close(self) -> None:
+        """Free the model; closing twice does nothing."""

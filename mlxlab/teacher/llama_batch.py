@@ -18,6 +18,7 @@ through llama-cpp-python's low-level bindings:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 import weakref
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher.completions import cut_at_stop
+from mlxlab.teacher.completions import Completion, Engine, GenerationStats, cut_at_stop, plan_prefixes
 
 HOLDERS = 2                    # shared prefixes kept resident at once (the queue is ordered by prefix)
 N_BATCH = 2048                 # most tokens in one llama_decode call
@@ -403,3 +404,131 @@ def _quiet():
     except ImportError:                 # a private helper: without it the notes are only noise
         return contextlib.nullcontext()
     return suppress_stdout_stderr(disable=False)
+
+
+class LlamaEngine(Engine):
+    """The llama-cpp backend: a GGUF in this process, decoded in batches by `LlamaBatch`."""
+
+    backend = "llama-cpp"
+
+    def __init__(self, model_ref, stats: GenerationStats, *, n_ctx: int, requantize: bool, **settings):
+        from mlxlab.device import llama_threads
+
+        super().__init__(stats, **settings)
+        self.chat = None
+        path, self.gguf_note = teacher_gguf(model_ref, requantize=requantize)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from mlxlab.llamacpp import load_llama
+
+        threads = llama_threads()
+        # the Llama object gives the model, its tokenizer and metadata (and serves chat prompts of a GGUF
+        # without a chat template); the batched engine decodes in a context of its own
+        self.llama = load_llama(path, purpose="the llama.cpp teacher", n_ctx=n_ctx, n_threads=threads,
+                                n_threads_batch=threads, verbose=False)
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if template:
+            token = lambda key: (self.llama.detokenize([int(self.llama.metadata[key])], special=True).decode(
+                "utf-8", "replace") if key in self.llama.metadata else "")
+            self.chat = Jinja2ChatFormatter(template, eos_token=token("tokenizer.ggml.eos_token_id"),
+                                            bos_token=token("tokenizer.ggml.bos_token_id"))
+        self.batch = LlamaBatch(self.llama, slots=self.batch_size, n_ctx=n_ctx, threads=llama_threads(batched=True))
+
+    def llama_tokens(self, text: str, *, special: bool, add_bos: bool = True) -> list[int]:
+        """`text` in the GGUF's tokenizer (`special`: control tokens in the text are parsed as such)."""
+        if self.llama is None:
+            raise MlxlabError("this teacher was closed; make a new Teacher")
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def generate(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
+        if self.llama is None:
+            raise MlxlabError("this teacher was closed; make a new Teacher")
+        if self.chat is not None:
+            sequences = []
+            for i, _j, _s in jobs:
+                rendered = self.chat(messages=prompts[i])
+                sequences.append(self.llama_tokens(rendered.prompt, special=True,
+                                                   add_bos=not getattr(rendered, "added_special", False)))
+            return self._run(sequences, [s for _i, _j, s in jobs], temperature, top_p, max_tokens, (), progress)
+        # no chat template in the GGUF: llama-cpp-python's own chat formats, one request at a time
+        out = []
+        for i, _j, s in jobs:
+            reply = self.llama.create_chat_completion(messages=prompts[i], temperature=temperature, top_p=top_p,
+                                                      max_tokens=max_tokens, seed=s)
+            choice = reply["choices"][0]
+            usage = reply.get("usage") or {}
+            text = choice["message"].get("content") or ""
+            tokens = int(usage.get("completion_tokens") or 0)
+            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.stats.generated_tokens += tokens
+            out.append(Completion(text, tokens, "length" if choice.get("finish_reason") == "length" else "stop"))
+            if progress:
+                progress(1, tokens)
+        return out
+
+    def complete(self, texts, keys, stop, temperature, top_p, max_tokens, progress) -> list[Completion]:
+        encoded = [self.llama_tokens(t, special=False) for t in texts]
+        return self._run(encoded, keys, temperature, top_p, max_tokens, stop, progress)
+
+    def can_score(self) -> bool:
+        return self.batch is not None
+
+    def tokens(self, text: str) -> list[int]:
+        return self.llama_tokens(text, special=False)
+
+    def score(self, encoded, batch_size, progress) -> list[tuple[float, int]]:
+        before = dataclasses.replace(self.batch.counters)
+        out = self.batch.loglikelihood(encoded)
+        self._count(before)
+        self.stats.prompt_tokens += sum(len(full) for full, _b in encoded)
+        if progress:
+            progress(len(encoded), 0)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return (len(self.llama.tokenize(text.encode(), add_bos=False, special=False)) if self.llama is not None
+                else super().count_tokens(text))
+
+    def num_parameters(self) -> int | None:
+        if self.batch is None:
+            return None
+        import llama_cpp
+
+        return int(llama_cpp.llama_model_n_params(self.llama.model))
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()              # the batched context first: it was made from the Llama's model
+        if self.llama is not None:
+            self.llama.close()
+        self.llama = self.batch = self.chat = None
+
+    def _count(self, before: Counters) -> None:
+        """Add what the batched engine did since `before` (a copy of its counters) to the stats."""
+        now = self.batch.counters
+        self.stats.prefill_tokens += now.prefill_tokens - before.prefill_tokens
+        self.stats.cached_prefix_tokens += now.shared_prefix_tokens - before.shared_prefix_tokens
+        self.stats.prefill_seconds += now.prefill_seconds - before.prefill_seconds
+        self.stats.decode_seconds += now.decode_seconds - before.decode_seconds
+
+    def _run(self, sequences: list[list[int]], seeds: list[int], temperature: float, top_p: float,
+             max_tokens: int, stop: tuple[str, ...], progress) -> list[Completion]:
+        """Token sequences through the batched engine, sharing each group's prefix."""
+        plan = plan_prefixes(sequences) if self.prefix_cache and len(sequences) > 1 else [0] * len(sequences)
+        before = dataclasses.replace(self.batch.counters)
+        started = time.perf_counter()
+        first: list[float] = []
+
+        def advance(done: int, tokens: int) -> None:
+            if not first and tokens:
+                first.append(time.perf_counter() - started)
+            if progress:
+                progress(done, tokens)
+
+        results = self.batch.generate(sequences, plan, seeds, temperature=temperature, top_p=top_p,
+                                      max_tokens=max_tokens, stop=stop, progress=advance)
+        self._count(before)
+        self.stats.first_token_seconds.extend(first)
+        self.stats.prompt_tokens += sum(len(s) for s in sequences)
+        self.stats.generated_tokens += sum(tokens for _text, tokens, _finish in results)
+        return [Completion(text, tokens, finish) for text, tokens, finish in results]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mlxlab.errors import MlxlabError
-from mlxlab.teacher.completions import Completion, until_stop
+from mlxlab.teacher.completions import Completion, Engine, GenerationStats, until_stop
 
 
 class ServerDown(MlxlabError):
@@ -231,3 +231,42 @@ class Fleet:
         if not all(answered):
             raise self._all_down()
         return results
+
+
+class OpenAIEngine(Engine):
+    """The openai backend: requests to a fleet of servers, `concurrency` in flight per server."""
+
+    backend = "openai"
+
+    def __init__(self, urls: list[str], model_ref, stats: GenerationStats, *, retries: int, backoff_s: float,
+                 timeout_s: float, api_key_env: str, **settings):
+        super().__init__(stats, **settings)
+        self._lock = threading.Lock()
+        self.fleet = Fleet([OpenAIClient(u, str(model_ref or "default"), retries=retries, backoff_s=backoff_s,
+                                         timeout_s=timeout_s, api_key_env=api_key_env,
+                                         count_tokens=self.count_tokens) for u in urls])
+
+    def generate(self, prompts, jobs, temperature, top_p, max_tokens, progress) -> list[Completion]:
+        return self._requests(jobs, lambda client, job: client.chat(prompts[job[0]], temperature, top_p, max_tokens,
+                                                                    job[2]), progress)
+
+    def complete(self, texts, keys, stop, temperature, top_p, max_tokens, progress) -> list[Completion]:
+        return self._requests(list(range(len(texts))), lambda client, i: client.complete(
+            texts[i], stop, temperature, top_p, max_tokens, keys[i]), progress)
+
+    def servers(self) -> list[dict]:
+        return self.fleet.status()
+
+    def _requests(self, units: list, send, progress) -> list[Completion]:
+        """`send(client, unit)` for each unit across the fleet (`concurrency` in flight per server), in unit
+        order; the stats counted under a lock."""
+        def one(client, unit):
+            completion, prompt_tokens = send(client, unit)
+            with self._lock:
+                self.stats.prompt_tokens += prompt_tokens
+                self.stats.generated_tokens += completion.tokens
+            if progress:
+                progress(1, completion.tokens)
+            return completion
+
+        return self.fleet.run(units, one, self.concurrency)
