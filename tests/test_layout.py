@@ -1,5 +1,6 @@
 """The package's layout holds: no import circles, no folder importing back into a folder that imports it, no
-private name imported across modules, and the CLI's help loads no MLX.
+private name imported across modules, no function over 80 lines in train/ and sdg/, and the CLI's help loads no
+MLX.
 
 The import graph is drawn from the source with `ast`: imports at module level and inside functions both count,
 relative and `mlxlab.x.y` names resolve to modules, and `from mlxlab.<stage> import name` resolves through the
@@ -158,6 +159,14 @@ def test_every_stage_names_its_public_functions_lazily():
         for name, module in table.items():
             assert module in modules and module.startswith(stage + "."), (stage, name, module)
             assert name != module.rpartition(".")[2], f"{stage}.{name} would be shadowed by its submodule"
+
+
+def test_no_function_in_the_training_loop_or_sdg_passes_80_lines():
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for folder in ("train", "sdg") for path in sorted((PACKAGE / folder).glob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert long == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"]])
