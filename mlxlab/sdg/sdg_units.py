@@ -111,8 +111,6 @@ class Run:
         """
         cfg = self.cfg
         judge = verdict is not None
-        temperature = cfg.judge_temperature if judge else cfg.temperature
-        max_tokens = cfg.judge_max_tokens if judge else cfg.max_tokens
         choose = judge and cfg.judge_mode in ("auto", "choose") and self.teacher.backend == "mlx"
         if judge and cfg.judge_mode == "choose" and not choose:
             raise MlxlabError(f"judge_mode 'choose' needs the mlx teacher backend, not {self.teacher.backend}",
@@ -128,28 +126,8 @@ class Run:
                 continue
             start = time.perf_counter()
             advance = lambda done, toks: self.display.advance(task, done, toks)  # noqa: E731
-            messages = [m for _, m in group]
-            picked = None
-            if choose:
-                tag, choices = verdict
-                picked = self.teacher.choose(messages, list(choices), prefix=f"[Start of {tag}]\n", progress=advance)
-            if picked is not None:
-                out = [(f"[Start of {tag}]\n{p}\n[End of {tag}]" if p else "", 1, "choice") for p in picked]
-            elif stop is not None:
-                seeds = [unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
-                done = self.teacher.complete(messages, stop=stop, temperature=temperature, top_p=cfg.top_p,
-                                             max_tokens=max_tokens, seeds=seeds, progress=advance)
-                out = [(c.text, c.tokens, c.finish_reason) for c in done]
-            else:
-                seeds = [unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
-                done = self.teacher.generate(messages, n=1, temperature=temperature, top_p=cfg.top_p,
-                                             max_tokens=max_tokens, seeds=seeds, progress=advance)
-                out = [(c[0].text, c[0].tokens, c[0].finish_reason) for c in done]
-            seconds = (time.perf_counter() - start) / len(group)
-            self.journal.add([{"unit": uid, "text": text, "tokens": tokens, "finish": finish,
-                               "seconds": round(seconds, 4)} for (uid, _), (text, tokens, finish) in zip(group, out)])
-            self.share["units"] += len(group)
-            self.share["tokens"] += sum(tokens for _text, tokens, _finish in out)
+            out = self._ask(group, judge, verdict if choose else None, stop, advance)
+            self._record(group, out, (time.perf_counter() - start) / len(group))
         if self.world.size > 1:
             self._swap(stage, [self.journal.records[uid] for group in mine for uid, _ in group])
             self.display.restored(task, len(units) - sum(map(len, mine)))
@@ -158,6 +136,35 @@ class Run:
         self.stats.tokens += sum(r["tokens"] for r in records)
         self.stats.seconds += sum(r.get("seconds", 0.0) for r in records)
         return {uid: r["text"] for (uid, _), r in zip(units, records)}
+
+    def _ask(self, group: list[tuple[str, list[dict] | str]], judge: bool, choose: tuple[str, tuple[str, ...]] | None,
+             stop: tuple[str, ...] | None, progress) -> list[tuple[str, int, str]]:
+        """(text, tokens, finish) of each unit of one group, from the teacher: the likeliest of `choose`'s choices
+        where the teacher can tell, else a continuation up to `stop` (raw texts), else a chat reply."""
+        cfg = self.cfg
+        temperature = cfg.judge_temperature if judge else cfg.temperature
+        max_tokens = cfg.judge_max_tokens if judge else cfg.max_tokens
+        messages = [m for _, m in group]
+        if choose is not None:
+            tag, choices = choose
+            picked = self.teacher.choose(messages, list(choices), prefix=f"[Start of {tag}]\n", progress=progress)
+            if picked is not None:
+                return [(f"[Start of {tag}]\n{p}\n[End of {tag}]" if p else "", 1, "choice") for p in picked]
+        seeds = [unit_seed(cfg.seed, self.leaf.name, uid) for uid, _ in group]
+        if stop is not None:
+            done = self.teacher.complete(messages, stop=stop, temperature=temperature, top_p=cfg.top_p,
+                                         max_tokens=max_tokens, seeds=seeds, progress=progress)
+            return [(c.text, c.tokens, c.finish_reason) for c in done]
+        replies = self.teacher.generate(messages, n=1, temperature=temperature, top_p=cfg.top_p,
+                                        max_tokens=max_tokens, seeds=seeds, progress=progress)
+        return [(c[0].text, c[0].tokens, c[0].finish_reason) for c in replies]
+
+    def _record(self, group: list[tuple[str, object]], out: list[tuple[str, int, str]], seconds: float) -> None:
+        """Journal one group's results (`seconds` each) and count them as this rank's share."""
+        self.journal.add([{"unit": uid, "text": text, "tokens": tokens, "finish": finish,
+                           "seconds": round(seconds, 4)} for (uid, _), (text, tokens, finish) in zip(group, out)])
+        self.share["units"] += len(group)
+        self.share["tokens"] += sum(tokens for _text, tokens, _finish in out)
 
     def _swap(self, stage: str, records: list[dict]) -> None:
         """Every rank's records of this stage to every rank; rank 0 journals them all (the others only their own)."""
