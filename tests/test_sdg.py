@@ -562,7 +562,8 @@ class FewshotTeacher:
 
 # the scripted teacher's question about each passage of MARS, by the passage's heading
 KNOWLEDGE_QUESTIONS = {"Mars": "Which planet is fourth from the Sun?", "Atmosphere": "What is the air of Mars made of?",
-                       "Surface": "What is the largest volcano on Mars?"}
+                       "Surface": "What is the largest volcano on Mars?",
+                       "Volcanoes": "What is the largest volcano in the solar system?"}
 
 
 def test_fewshot_style_gates_and_likelihood_with_a_small_teacher(tmp_path):
