@@ -195,3 +195,38 @@ def live_contexts(monkeypatch):
     monkeypatch.setattr(llama_cpp, "llama_init_from_model", counted_init)
     monkeypatch.setattr(llama_cpp, "llama_free", counted_free)
     return lambda: len(live)
+
+
+def _chromium() -> tuple[str, str] | None:
+    """(browser, driver) paths of a Chromium and its chromedriver on this machine, or None."""
+    browser = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
+                   None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by selenium, with the page's console kept (`browser.get_log("browser")`).
+
+    Debian's chromium and chromium-driver (installed by .ci/run, which sets MLXLAB_REQUIRE_BROWSER=1 so a missing
+    browser fails there); the driver is named, so selenium never downloads one. Elsewhere a missing browser skips.
+    """
+    found = _chromium()
+    if found is None:
+        if os.environ.get("MLXLAB_REQUIRE_BROWSER"):
+            pytest.fail("no chromium + chromedriver: apt-get install chromium chromium-driver")
+        pytest.skip("no chromium + chromedriver on this machine (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
