@@ -128,11 +128,15 @@ def test_bad_requests_get_clear_errors_and_lose_nothing(page, small_eval):
     token, first = alice["token"], alice["answer"]["id"]
     status, body = post(page, "/api/grade", {"token": token, "id": first, "grade": 4})
     assert status == 200 and body["graded"] == 1
+    skipped = body["answer"]["id"]
+    status, body = post(page, "/api/skip", {"token": token, "id": skipped})
+    assert status == 200 and body["answer"]["id"] != skipped and body["left"] == 7     # skipped: comes back last
     saved = (small_eval / "grades.jsonl").read_text()
     for bad, code, needle in [({"id": body["answer"]["id"], "grade": 7}, 422, "0 to 5"),
                               ({"id": body["answer"]["id"], "grade": "3"}, 422, "0 to 5"),
                               ({"id": body["answer"]["id"], "grade": True}, 422, "0 to 5"),
                               ({"id": "nope", "grade": 3}, 404, "unknown answer id"),
+                              ({"id": ["a", "list"], "grade": 3}, 404, "unknown answer id"),
                               ({"id": first, "grade": 3, "token": "forged"}, 409, "session has ended")]:
         status, error = post(page, "/api/grade", {"token": token, **bad})
         assert status == code and needle in error["error"], (bad, status, error)

@@ -74,7 +74,7 @@ class GradingBoard:
             self._sessions[token] = _Session(grader, lock, order)
         return {"token": token, "grader": grader, **self.current(token)}
 
-    def session(self, token: object) -> _Session:
+    def _session(self, token: object) -> _Session:
         with self._lock:
             found = self._sessions.get(token) if isinstance(token, str) else None
             if found is None:
@@ -84,23 +84,23 @@ class GradingBoard:
 
     def current(self, token: object) -> dict:
         """The session's next answer to grade (prompt, reference, answer; never the model) and its progress."""
-        session = self.session(token)
+        session = self._session(token)
         mine = read_grades(self.grades_path).get(session.grader, {})
         todo = [a for a in session.order if a not in mine]
         ahead = [a for a in todo if a not in session.skipped] or todo    # skipped answers come back last
-        progress = {"graded": len(mine), "total": len(self.rows), "left": len(todo)}
+        progress = {"graded": len(self.rows) - len(todo), "total": len(self.rows), "left": len(todo)}
         if not ahead:
             return {**progress, "done": True, "answer": None}
         row = self.by_id[ahead[0]]
         question, reference = self.prompts.get(row["prompt"], ("", None))
         return {**progress, "done": False, "answer": {
             "id": row["id"], "prompt": row["prompt"], "question": question, "reference": reference,
-            "text": row["answer"], "number": len(mine) + 1}}
+            "text": row["answer"], "number": progress["graded"] + 1}}
 
     def grade(self, token: object, answer: object, value: object) -> dict:
         """Record `value` (0-5) for `answer` by the session's grader; the next answer."""
-        session = self.session(token)
-        if answer not in self.by_id:
+        session = self._session(token)
+        if not isinstance(answer, str) or answer not in self.by_id:
             raise PageError(404, f"unknown answer id {answer!r}: not in {self.output / 'results.jsonl'}")
         if isinstance(value, bool) or not isinstance(value, int) or value not in GRADES:
             raise PageError(422, f"a grade is a whole number from 0 to 5, not {value!r}")
@@ -113,8 +113,8 @@ class GradingBoard:
 
     def skip(self, token: object, answer: object) -> dict:
         """Put `answer` after the others for this session; the next answer."""
-        session = self.session(token)
-        if answer not in self.by_id:
+        session = self._session(token)
+        if not isinstance(answer, str) or answer not in self.by_id:
             raise PageError(404, f"unknown answer id {answer!r}")
         with self._lock:
             if answer in session.skipped:
