@@ -328,12 +328,24 @@ def _cmd_eval_print(summary: dict) -> None:
         loss = f", held-out loss {m['heldout_loss']:.4f}" if m.get("heldout_loss") is not None else ""
         unparsed = f", {m['judge_unparsed']} judge verdicts unreadable" if m["judge_unparsed"] else ""
         _print(f"  {label}: score {score}{loss}{unparsed}")
+    if summary.get("graders"):
+        found = summary["agreement"]
+        alpha = f"{found['alpha']:.3f}" if found["alpha"] is not None else f"undefined ({found['reason']})"
+        _print(f"graders: {', '.join(summary['graders'])}; Krippendorff's alpha (ordinal): {alpha}")
 
 
 def _cmd_eval_grade(args: argparse.Namespace) -> int:
+    if args.web:
+        from mlxlab.evaluate.grading_page import GradingPage
+
+        page = GradingPage(args.output, host=args.host, port=args.port, seed=args.seed)
+        _print(f"grading page: {page.url} (each grader types their name; Ctrl-C stops it, grades are kept)")
+        page.serve()
+        _print(f"grades: {page.board.grades_path}\nsummary: {Path(args.output) / 'summary.json'}")
+        return 0
     from mlxlab.evaluate.evaluation import grade
 
-    result = grade(args.output, seed=args.seed)
+    result = grade(args.output, grader=args.grader, seed=args.seed)
     _cmd_eval_print(result.summary)
     return 0
 
@@ -497,9 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, EvalConfig, skip=("iters",))
     add_arguments(p, DeviceConfig)
     p.set_defaults(handler=_cmd_eval_run)
-    p = ev_verbs.add_parser("grade", help="grade the answers of an `eval run` by hand, blind; resumable")
+    p = ev_verbs.add_parser("grade", help="grade the answers of an `eval run` by hand, blind, one or several "
+                            "graders (terminal or --web page); resumable")
     p.add_argument("--output", default="eval", help="the evaluation folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the blind order")
+    p.add_argument("--grader", default="default", help="your name: each grader grades every answer, in their "
+                   "own blind order; the summary averages over graders")
+    p.add_argument("--web", action="store_true", help="serve a grading page for several graders at once instead")
+    p.add_argument("--host", default="127.0.0.1", help="address of the grading page (default: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port of the grading page (0: any free one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the blind orders")
     p.set_defaults(handler=_cmd_eval_grade)
     p = ev_verbs.add_parser("sweep", help="train once with checkpoints at --iters, evaluate base + each, plot")
     p.add_argument("--model", default=None, help="base model reference (default: the model setting, 'smollm2')")

@@ -230,3 +230,34 @@ def browser():
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def small_eval(tmp_path) -> Path:
+    """An evaluation folder as `evaluate` writes it (results.jsonl, prompts.json, summary.json), without a model:
+    2 models x 2 prompts x 2 samples; prompt 'ports' has a reference answer, 'hello' has none. Every answer's text
+    differs, and each row carries a 'quality' (0-5) that a test can grade by."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    prompts = {"ports": {"messages": [{"role": "user", "content": "What is an output port?"}],
+                         "reference": "An output port tells a Jolie service how to call another one.", "source": "x"},
+               "hello": {"messages": [{"role": "user", "content": "Write hello world in Jolie."}],
+                         "reference": None, "source": "x"}}
+    texts = {"ports": ["An output port says where another service is (its location) and how to talk to it "
+                       "(its protocol and interfaces).", "It is a port for output.",
+                       "A port that a service uses to call operations of another service.", "Ports ports ports."],
+             "hello": ['service Hello { main { println@Console("Hello, world!")() } }', "print hello world",
+                       'include "console.iol"\nmain { println@Console("Hello")() }', ""]}
+    rows = []
+    for m, model in enumerate(("base", "iter 10")):
+        for prompt in prompts:
+            for sample in range(2):
+                quality = (m * 3 + sample + len(prompt)) % 6
+                rows.append({"id": f"{model[:4].strip()}-{prompt}-{sample}", "model": model, "iteration": m * 10,
+                             "prompt": prompt, "sample": sample, "seed": sample, "tokens": 5, "finish_reason": "stop",
+                             "answer": texts[prompt][m * 2 + sample], "quality": quality, "rouge_l": 0.4})
+    (out / "prompts.json").write_text(json.dumps(prompts, indent=2))
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    losses = {"base": {"heldout_loss": 2.5, "perplexity": 12.2, "heldout_tokens": 40}}
+    (out / "summary.json").write_text(json.dumps({"losses": losses}))
+    return out

@@ -199,8 +199,8 @@ def test_manual_grading_blind_interrupted_and_resumed(swept, tmp_path):
 
     from mlxlab.evaluate.evaluation import grade
 
-    out = tmp_path / "eval"
-    shutil.copytree(swept.eval.output, out)
+    shutil.copytree(swept.output, tmp_path / "sweep")
+    out = tmp_path / "sweep" / "eval"
     total = len(swept.eval.results.read_text().splitlines())
     screen = io.StringIO()
     first = grade(out, input=io.StringIO("4\nbanana\n3\ns\nq\n"), out=screen)
@@ -216,6 +216,8 @@ def test_manual_grading_blind_interrupted_and_resumed(swept, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["score_kind"] == "manual" and summary["models"]["iter 4"]["manual"]["n"] == 4
     assert summary["models"]["iter 4"]["heldout_loss"] is not None      # grading keeps the measured losses
+    table = (tmp_path / "sweep" / "summary.md").read_text()             # the sweep's table and plots follow
+    assert "mean grade over graders" in table and "Graders: default" in table
 
 
 def test_cli_eval_run_and_grade(tiny_llama, prompt_file, tmp_path, capsys):
@@ -250,3 +252,105 @@ def test_unreadable_or_missing_prompt_set_is_a_clear_error(tmp_path, content, me
     with pytest.raises(MlxlabError, match=message) as err:
         read_prompt_set(path)
     assert str(err.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- several graders
+
+def _quality(row: dict) -> int:
+    return row["quality"]                 # the grade a test grader gives (small_eval sets it per answer)
+
+
+def test_several_graders_blind_orders_resume_and_agreement(small_eval):
+    import krippendorff
+    import numpy as np
+
+    from mlxlab.evaluate.evaluation import grade, read_results
+
+    rows = {r["id"]: r for r in read_results(small_eval)}
+    # an old grades file, from before graders had names: its lines belong to grader "default"
+    first = sorted(rows)[0]
+    (small_eval / "grades.jsonl").write_text(json.dumps({"id": first, "grade": 2, "time": 0}) + "\n")
+
+    def answers(grader: str, shift: int, count: int) -> tuple[list[str], object]:
+        """Grade `count` answers as `grader` (grade = quality - shift); the answer ids in the order shown."""
+        screen, shown = io.StringIO(), []
+
+        class Keys(io.StringIO):
+            """A person at the keyboard: reads the answer on the screen, types its grade, then q."""
+
+            def readline(self):
+                text = screen.getvalue().rsplit("--- answer ---\n", 1)[1].rsplit("\ngrade (0-5", 1)[0]
+                answer = next(r for r in rows.values() if (r["answer"].strip() or "(empty)") == text.strip())
+                shown.append(answer["id"])
+                return f"{max(0, _quality(answer) - shift)}\n" if len(shown) <= count else "q\n"
+
+        result = grade(small_eval, grader=grader, input=Keys(), out=screen)
+        assert "reference answer" in screen.getvalue()        # shown where the prompt has one
+        return shown[:count], result
+
+    alice, _ = answers("alice", 0, 3)
+    bob, _ = answers("bob", 1, 8)
+    assert alice != bob[:3]                                   # each grader has their own blind order
+    again, result = answers("alice", 0, 8)
+    assert not set(again) & set(alice) and len(alice + again[:5]) == 8 == result.graded   # resumed, nothing twice
+    lines = [json.loads(line) for line in (small_eval / "grades.jsonl").read_text().splitlines()]
+    assert {(g.get("grader"), len([x for x in lines if x.get("grader") == g.get("grader")])) for g in lines} == {
+        (None, 1), ("alice", 8), ("bob", 8)}
+
+    summary = json.loads((small_eval / "summary.json").read_text())
+    assert summary["graders"] == ["alice", "bob", "default"] and summary["score_kind"] == "manual"
+    for answer, row in rows.items():
+        given = [_quality(row), max(0, _quality(row) - 1)] + ([2] if answer == first else [])
+        assert summary["answers"][answer]["mean"] == pytest.approx(sum(given) / len(given))
+    base = summary["models"]["base"]
+    assert base["graders"]["graders"] == 3 and base["graders"]["std"] > 0
+    assert base["prompt_graders"]["ports"]["per_grader"]["alice"] == pytest.approx(
+        np.mean([_quality(r) for r in rows.values() if r["model"] == "base" and r["prompt"] == "ports"]))
+    assert base["heldout_loss"] == 2.5                        # grading keeps the measured losses
+    ids = sorted(rows)
+    data = [[_quality(rows[a]) for a in ids], [max(0, _quality(rows[a]) - 1) for a in ids],
+            [2 if a == first else np.nan for a in ids]]
+    expected = krippendorff.alpha(reliability_data=np.array(data, dtype=float), level_of_measurement="ordinal",
+                                  value_domain=list(range(6)))
+    assert summary["agreement"]["alpha"] == pytest.approx(expected) and summary["agreement"]["answers"] == 8
+    table = (small_eval / "summary.md").read_text()
+    assert "Krippendorff's alpha (ordinal)" in table and "alice, bob, default" in table
+
+
+def test_agreement_undefined_is_null_with_a_reason():
+    from mlxlab.evaluate.evaluation import summarize
+    from mlxlab.evaluate.grading import agreement
+
+    rows = [{"id": f"a{i}", "model": "m", "iteration": 0, "prompt": "p", "sample": i, "rouge_l": None}
+            for i in range(3)]
+    one = summarize(rows, {}, {"alice": {"a0": 3, "a1": 4}})
+    assert one["agreement"]["alpha"] is None and "two graders" in one["agreement"]["reason"]
+    assert one["models"]["m"]["graders"]["std"] == 0.0 and one["answers"]["a0"]["mean"] == 3.0
+    apart = agreement({"alice": {"a0": 3}, "bob": {"a1": 4}})
+    assert apart["alpha"] is None and "no answer was graded by two" in apart["reason"]
+    same = agreement({"alice": {"a0": 3, "a1": 3}, "bob": {"a0": 3, "a1": 3}})
+    assert same["alpha"] is None and "undefined" in same["reason"]
+    assert summarize(rows, {})["agreement"]["alpha"] is None
+
+
+def test_same_grader_twice_at_once_is_refused(small_eval):
+    from mlxlab.evaluate.evaluation import grade
+    from mlxlab.evaluate.grading import GraderLock
+
+    with GraderLock(small_eval, "alice"):
+        with pytest.raises(MlxlabError, match="already grading"):
+            grade(small_eval, grader="alice", input=io.StringIO("3\n"), out=io.StringIO())
+        assert grade(small_eval, grader="bob", input=io.StringIO("3\nq\n"), out=io.StringIO()).graded == 1
+    with pytest.raises(MlxlabError, match="needs a name"):
+        grade(small_eval, grader="  ", input=io.StringIO(""), out=io.StringIO())
+
+
+def test_cli_grade_with_grader(small_eval, monkeypatch, capsys):
+    from mlxlab.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("5\n4\nq\n"))
+    assert main(["eval", "grade", "--grader", "carol", "--output", str(small_eval)]) == 0
+    shown = capsys.readouterr().out
+    assert "carol: 2 of 8 answers graded" in shown and "alpha (ordinal): undefined (needs two graders" in shown
+    lines = [json.loads(line) for line in (small_eval / "grades.jsonl").read_text().splitlines()]
+    assert [(g["grader"], g["grade"]) for g in lines] == [("carol", 5), ("carol", 4)]

@@ -5,7 +5,8 @@
 - Answers come from any model reference, a `(base, adapters)` pair (a training checkpoint), or a GGUF
   (llama.cpp), always with fixed seeds, so a rerun gives the same answers.
 - Grades: a judge model with a rubric (0-5 plus a rationale, tolerant parsing: unreadable verdicts are
-  counted, never fatal), blind manual grading in the terminal (`grade`, resumable), and automatic metrics:
+  counted, never fatal), blind manual grading by several graders in the terminal (`grade`, resumable) or on the
+  grading page (`mlxlab.evaluate.grading_page`), averaged over graders with their agreement, and automatic metrics:
   held-out loss over assistant tokens and ROUGE-L against reference answers.
 - `sweep` trains once with checkpoints at chosen iterations and evaluates the base and every checkpoint.
 """
@@ -16,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import random
 import re
 import sys
 import time
@@ -28,6 +27,8 @@ from typing import TextIO
 from mlxlab.config import EvalConfig, resolve, save_resolved
 from mlxlab.errors import MlxlabError
 from mlxlab.evaluate.prompt_sets import EvalPrompt, PromptSet, load_prompts
+from mlxlab.evaluate.grading import (DEFAULT_GRADER, GraderLock, agreement, append_grade, blind_order, grader_name,
+                                     prompt_texts, read_grades)
 from mlxlab.files import atomic_write as _atomic_write
 from mlxlab.sdg.gates import rouge_l
 from mlxlab.teacher.teacher import Teacher, make_teacher
@@ -68,8 +69,8 @@ def _stats(values: list[float]) -> dict | None:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
 
 
-def score_of(row: dict, grades: dict[str, int]) -> tuple[float | None, str]:
-    """(0-5 score, its kind) of one answer: a manual grade, else the judge's, else 5 x ROUGE-L."""
+def score_of(row: dict, grades: dict[str, float]) -> tuple[float | None, str]:
+    """(0-5 score, its kind) of one answer: its graders' mean grade, else the judge's, else 5 x ROUGE-L."""
     if row["id"] in grades:
         return float(grades[row["id"]]), "manual"
     if row.get("judge_score") is not None:
@@ -79,35 +80,68 @@ def score_of(row: dict, grades: dict[str, int]) -> tuple[float | None, str]:
     return None, "none"
 
 
-def summarize(rows: list[dict], losses: dict[str, dict], grades: dict[str, int] | None = None) -> dict:
-    """Per model: score per prompt (mean, std, min, max), overall, ROUGE-L, judge figures, held-out loss."""
-    grades = grades or {}
+def _by_grader(grades: dict | None) -> dict[str, dict[str, int]]:
+    """Grades by grader; a flat {answer id: grade} (one unnamed grader, as before graders had names) is 'default'."""
+    if not grades:
+        return {}
+    if all(isinstance(v, dict) for v in grades.values()):
+        return grades
+    return {DEFAULT_GRADER: grades}
+
+
+def _spread(graders: dict[str, dict[str, int]], ids: list[str]) -> dict | None:
+    """Each grader's mean over the answers `ids` they graded, and the mean and std of those means over graders."""
+    means = {g: sum(mine[a] for a in ids if a in mine) / n for g, mine in graders.items()
+             if (n := sum(a in mine for a in ids))}
+    stats = _stats(list(means.values()))
+    return {"mean": stats["mean"], "std": stats["std"], "graders": len(means), "per_grader": means} if stats else None
+
+
+def _answer_grades(graders: dict[str, dict[str, int]]) -> dict[str, dict]:
+    """Per graded answer: the mean and std of its grades over graders, and each grader's grade."""
+    found: dict[str, dict] = {}
+    for name, mine in sorted(graders.items()):
+        for answer, value in mine.items():
+            found.setdefault(answer, {})[name] = value
+    return {a: {**_stats([float(v) for v in g.values()]), "grades": g} for a, g in found.items()}
+
+
+def summarize(rows: list[dict], losses: dict[str, dict], grades: dict | None = None) -> dict:
+    """Per model: score per prompt (mean, std, min, max), overall, ROUGE-L, judge figures, held-out loss; with
+    manual grades (`{grader: {answer id: 0-5}}`) the graders' mean per answer, spread over graders, and alpha."""
+    graders = _by_grader(grades)
+    answers = _answer_grades(graders)
+    means = {a: v["mean"] for a, v in answers.items()}
     kinds: set[str] = set()
     models: dict[str, dict] = {}
     for label in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == label]
-        scored = [(r, *score_of(r, grades)) for r in mine]
+        scored = [(r, *score_of(r, means)) for r in mine]
         kinds.update(kind for _, s, kind in scored if s is not None)
-        per_prompt = {pid: _stats([s for r, s, _ in scored if r["prompt"] == pid and s is not None])
-                      for pid in dict.fromkeys(r["prompt"] for r in mine)}
-        means = [p["mean"] for p in per_prompt.values() if p]
+        pids = list(dict.fromkeys(r["prompt"] for r in mine))
+        per_prompt = {pid: _stats([s for r, s, _ in scored if r["prompt"] == pid and s is not None]) for pid in pids}
         judged = [r for r in mine if "judge_raw" in r]
+        ids = [r["id"] for r in mine]
         models[label] = {
             "iteration": mine[0].get("iteration"),
             "score": _stats([s for _, s, _ in scored if s is not None]),
-            "score_of_prompt_means": _stats(means),
+            "score_of_prompt_means": _stats([p["mean"] for p in per_prompt.values() if p]),
             "prompts": per_prompt,
             "rouge_l": _stats([r["rouge_l"] for r in mine if r.get("rouge_l") is not None]),
             "judge": _stats([float(r["judge_score"]) for r in judged if r.get("judge_score") is not None]),
             "judge_unparsed": sum(1 for r in judged if r.get("judge_score") is None),
-            "manual": _stats([float(grades[r["id"]]) for r in mine if r["id"] in grades]),
+            "manual": _stats([means[a] for a in ids if a in means]),
+            "graders": _spread(graders, ids),
+            "prompt_graders": {pid: _spread(graders, [r["id"] for r in mine if r["prompt"] == pid]) for pid in pids},
+            "agreement": agreement(graders, ids),
             **losses.get(label, {"heldout_loss": None, "perplexity": None, "heldout_tokens": 0}),
         }
     kind = "mixed: " + ", ".join(sorted(kinds)) if len(kinds) > 1 else next(iter(kinds), "none")
     return {"score_kind": kind, "score_note": {
-        "manual": "mean manual grade (0-5)", "judge": "mean judge score (0-5)",
+        "manual": "mean grade over graders (0-5)", "judge": "mean judge score (0-5)",
         "rouge_l": "5 x ROUGE-L against the reference answers (no judge given)"}.get(kind, kind),
-        "models": models}
+        "graders": sorted(graders), "agreement": agreement(graders, [r["id"] for r in rows]),
+        "answers": answers, "models": models}
 
 
 @dataclass(frozen=True)
@@ -275,22 +309,25 @@ def judge_rows(rows: list[dict], prompts: dict[str, EvalPrompt], rubric: str, ju
 
 # ---------------------------------------------------------------------------------------------- aggregation
 
-def read_grades(path: Path) -> dict[str, int]:
-    """Manual grades by answer id from a grades JSONL (the last grade of an answer wins; a torn line is skipped)."""
-    grades = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                grades[str(record["id"])] = int(record["grade"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-    return grades
+def write_summary(output: Path, rows: list[dict], losses: dict[str, dict] | None = None, *,
+                  plots: bool = False) -> dict:
+    """Summarize `rows` with the grades in `output/grades.jsonl` into summary.json and summary.md; the summary.
 
+    Without `losses`, the held-out losses that `evaluate` measured are kept: grading changes only the scores.
+    With `plots`, when `output` is a sweep's `eval/` folder, the sweep's PNGs and table are drawn again, so
+    they show the graders' means once people have graded.
+    """
+    from mlxlab.evaluate.plots import sweep_plots, sweep_table
 
-def _write_summary(output: Path, rows: list[dict], losses: dict[str, dict]) -> dict:
+    output = Path(output)
+    losses = losses if losses is not None else _saved_losses(output)
     summary = summarize(rows, losses, read_grades(output / "grades.jsonl"))
     _atomic_write(output / "summary.json", json.dumps({**summary, "losses": losses}, indent=2) + "\n")
+    sweep_table(summary, output / "summary.md", title="Evaluation")
+    sweep = output.parent
+    if plots and output.name == "eval" and (sweep / "train" / "result.json").is_file():
+        drawn = sweep_plots(summary, sweep / "train" / "train_log.jsonl", sweep)
+        sweep_table(summary, sweep / "summary.md", drawn)
     return summary
 
 
@@ -384,7 +421,7 @@ def evaluate(models: dict, prompts: str | Path | PromptSet | None = None, *, out
                 grader.close()
         say(f"judge: {len(rows) - unparsed} of {len(rows)} verdicts read, {unparsed} unparsed")
     results = _atomic_write(output / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    summary = _write_summary(output, rows, losses)
+    summary = write_summary(output, rows, losses)
     return EvalResult(output, results, output / "summary.json", summary, unparsed)
 
 
@@ -394,48 +431,49 @@ def evaluate(models: dict, prompts: str | Path | PromptSet | None = None, *, out
 class GradeResult:
     """How far a manual grading session got."""
     grades: Path
-    graded: int          # answers with a grade, over all sessions
+    graded: int          # answers this grader has graded, over all sessions
     total: int
     summary: dict
 
 
-def grade(output: str | Path = "eval", *, input: TextIO | None = None, out: TextIO | None = None,
-          seed: int = 0) -> GradeResult:
-    """Grade the answers in `output/results.jsonl` by hand, blind: shuffled, model hidden; resumable.
+def grade(output: str | Path = "eval", *, grader: str = DEFAULT_GRADER, input: TextIO | None = None,
+          out: TextIO | None = None, seed: int = 0) -> GradeResult:
+    """Grade the answers in `output/results.jsonl` by hand as `grader`, blind: model hidden, in the grader's own
+    shuffled order; resumable.
 
     Each grade is appended to `grades.jsonl` as it is given, so quitting (q, Ctrl-D, Ctrl-C) loses nothing
-    and the next session continues with the next ungraded answer in the same shuffled order.
+    and the next session continues with the grader's next ungraded answer. Other graders' grades are kept
+    apart; the summary averages over graders. The grading page (`mlxlab eval grade --web`) writes the same file.
     """
     input = input or sys.stdin
     out = out or sys.stdout
     output = Path(output)
+    grader = grader_name(grader)
     rows = read_results(output)
     path = output / "grades.jsonl"
-    grades = read_grades(path)
-    order = sorted(rows, key=lambda r: r["id"])
-    random.Random(seed).shuffle(order)
-    prompts = _prompt_texts(output)
-    todo = [r for r in order if r["id"] not in grades]
-    out.write(f"{len(grades)} of {len(rows)} answers graded; {len(todo)} to go. {GRADE_HELP}\n")
-    with path.open("a", encoding="utf-8") as log:
-        for number, row in enumerate(todo, start=len(grades) + 1):
+    with GraderLock(output, grader):
+        mine = read_grades(path).get(grader, {})
+        prompts = prompt_texts(output)
+        todo = [r for r in blind_order(rows, grader, seed) if r["id"] not in mine]
+        out.write(f"{grader}: {len(mine)} of {len(rows)} answers graded; {len(todo)} to go. {GRADE_HELP}\n")
+        for number, row in enumerate(todo, start=len(mine) + 1):
             out.write(f"\n=== answer {number} of {len(rows)} === prompt: {row['prompt']}\n")
-            if row["prompt"] in prompts:
-                out.write(prompts[row["prompt"]].strip() + "\n")
+            question, reference = prompts.get(row["prompt"], ("", None))
+            if question:
+                out.write(question.strip() + "\n")
+            if reference:
+                out.write(f"--- reference answer ---\n{reference.strip()}\n")
             out.write(f"--- answer ---\n{row['answer'].strip() or '(empty)'}\n")
             value = _ask(input, out)
             if value is None:
                 break
             if value == "s":
                 continue
-            log.write(json.dumps({"id": row["id"], "grade": value, "time": time.time()}) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            grades[row["id"]] = value
-    losses = _saved_losses(output)
-    summary = _write_summary(output, rows, losses)
-    out.write(f"\n{len(grades)} of {len(rows)} answers graded -> {path}\n")
-    return GradeResult(path, len(grades), len(rows), summary)
+            append_grade(path, row["id"], value, grader)
+            mine[row["id"]] = value
+    summary = write_summary(output, rows, plots=True)
+    out.write(f"\n{grader}: {len(mine)} of {len(rows)} answers graded -> {path}\n")
+    return GradeResult(path, len(mine), len(rows), summary)
 
 
 def _ask(input: TextIO, out: TextIO) -> int | str | None:
@@ -454,16 +492,6 @@ def _ask(input: TextIO, out: TextIO) -> int | str | None:
         if text in SCORES:
             return int(text)
         out.write(f"  '{line.strip()}' is not a grade: {GRADE_HELP}\n")
-
-
-def _prompt_texts(output: Path) -> dict[str, str]:
-    """Prompt id -> the user's question, from the prompts.json that `evaluate` wrote."""
-    try:
-        saved = json.loads((output / "prompts.json").read_text(encoding="utf-8"))
-        return {pid: "\n\n".join(m["content"] for m in p["messages"] if m["role"] == "user")
-                for pid, p in saved.items()}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return {}
 
 
 def _saved_losses(output: Path) -> dict:

@@ -21,7 +21,7 @@ def _series(summary: dict) -> list[tuple[str, int, dict]]:
 
 
 def _score_label(summary: dict) -> str:
-    return {"rouge_l": "score (5 x ROUGE-L)", "judge": "judge score (0-5)", "manual": "grade (0-5)"}.get(
+    return {"rouge_l": "score (5 x ROUGE-L)", "judge": "judge score (0-5)", "manual": "mean grade over graders (0-5)"}.get(
         summary["score_kind"], "score (0-5)")
 
 
@@ -113,19 +113,39 @@ def _cell(stats: dict | None, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}" if stats else "–"
 
 
-def sweep_table(summary: dict, path: Path, plots: dict[str, Path] | None = None) -> Path:
-    """A markdown table (one row per model) of scores per prompt, ROUGE-L, judge and held-out loss."""
+def _agreement_line(summary: dict) -> list[str]:
+    """The graders and their agreement, as a paragraph (nothing when no one graded)."""
+    graders = summary.get("graders") or []
+    if not graders:
+        return []
+    found = summary.get("agreement") or {}
+    alpha = (f"{found['alpha']:.3f} over {found['answers']} answers graded by two or more"
+             if found.get("alpha") is not None else f"undefined ({found.get('reason')})")
+    return ["", f"Graders: {', '.join(graders)}. Each answer's score is the mean of its grades; the graders column is "
+                f"the mean ± std over graders of each grader's mean. Krippendorff's alpha (ordinal): {alpha}."]
+
+
+def _graders_cell(m: dict) -> str:
+    spread = m.get("graders")
+    return f"{spread['mean']:.2f} ± {spread['std']:.2f} ({spread['graders']})" if spread else "–"
+
+
+def sweep_table(summary: dict, path: Path, plots: dict[str, Path] | None = None, *,
+                title: str = "Iteration sweep") -> Path:
+    """A markdown table (one row per model) of scores per prompt, graders, ROUGE-L, judge and held-out loss."""
     series = _series(summary)
     prompts = list(dict.fromkeys(p for _, _, m in series for p in m["prompts"]))
-    lines = ["# Iteration sweep", "",
-             f"Score: {summary.get('score_note', summary['score_kind'])}; 0-5, mean ± std over the answers.", ""]
-    head = ["model", "iterations", "score", *prompts, "ROUGE-L", "judge (unparsed)", "held-out loss", "perplexity"]
+    lines = [f"# {title}", "",
+             f"Score: {summary.get('score_note', summary['score_kind'])}; 0-5, mean ± std over the answers.",
+             *_agreement_line(summary), ""]
+    head = ["model", "iterations", "score", *prompts, "graders", "ROUGE-L", "judge (unparsed)", "held-out loss",
+            "perplexity"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, it, m in series:
         loss = m.get("heldout_loss")
         judge = f"{_cell(m['judge'])} ({m['judge_unparsed']})" if m["judge"] or m["judge_unparsed"] else "–"
         cells = [label, str(it), _cell(m["score"]), *(_cell(m["prompts"].get(p)) for p in prompts),
-                 _cell(m["rouge_l"], 3), judge, f"{loss:.4f}" if loss is not None else "–",
+                 _graders_cell(m), _cell(m["rouge_l"], 3), judge, f"{loss:.4f}" if loss is not None else "–",
                  f"{m['perplexity']:.2f}" if m.get("perplexity") is not None else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     losses = [(it, m["heldout_loss"]) for _, it, m in series if m.get("heldout_loss") is not None]
