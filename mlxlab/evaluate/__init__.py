@@ -8,4 +8,5 @@ from mlxlab.lazy import exports as _exports
 __getattr__, __dir__, __all__ = _exports(__name__, {
     "evaluation": "evaluate grade sweep EvalResult GradeResult SweepResult",
     "prompt_sets": "PromptSet EvalPrompt load_prompts read_prompt_set", "plots": "sweep_plots sweep_table",
+    "report": "write_report",
     "attention": "attention_maps plot_attention AttentionResult"})
