@@ -157,7 +157,7 @@ def _funnel(parts: dict[str, Path]) -> str:
         funnel = "<br>".join(
             f"{escape(str(s.get('stage')))} {s.get('sent')}→{s.get('passed')}"
             + (f" ({s['unparsed']} unparsed)" if s.get("unparsed") else "") for s in leaf.get("stages", []))
-        gates = "<br>".join(f"{escape(str(g))}: {n}" for g, n in (leaf.get("gates") or {}).items())
+        gates = "<br>".join(f"{escape(str(g))}: {n}" for g, n in (leaf.get("gates") or {}).items() if n)
         notes = "<br>".join(escape(str(n)) for n in leaf.get("notes") or [])
         rows.append([escape(str(leaf.get("leaf"))), escape(str(leaf.get("kind", ""))), funnel or "–", gates or "–",
                      _fmt(leaf.get("duplicates")), f"<b>{_fmt(leaf.get('kept'))}</b>", _fmt(leaf.get("tokens")),
