@@ -365,6 +365,17 @@ def _cmd_eval_sweep(args: argparse.Namespace) -> int:
     for name, path in result.plots.items():
         _print(f"{name}: {path}")
     _print(f"table: {result.table}")
+    if result.report is not None:
+        _print(f"report: {result.report}")
+    return 0
+
+
+def _cmd_eval_report(args: argparse.Namespace) -> int:
+    from mlxlab.evaluate.report import write_report
+
+    # default: the run folder we stand in, else its evaluation folder
+    folder = args.path or ("." if Path("manifest.json").is_file() else "eval")
+    _print(str(write_report(folder)))
     return 0
 
 
@@ -527,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, EvalConfig)
     add_arguments(p, DeviceConfig)
     p.set_defaults(handler=_cmd_eval_sweep)
+    p = ev_verbs.add_parser("report", help="one self-contained report.html of a run, a sweep or an evaluation")
+    p.add_argument("path", nargs="?", default=None, metavar="RUN_OR_EVAL_DIR",
+                   help="a run folder (runs/NAME), a sweep folder or an evaluation folder (default: the current "
+                        "folder when it holds a run's manifest.json, else 'eval')")
+    p.set_defaults(handler=_cmd_eval_report)
 
     from mlxlab.config import RunConfig
 

@@ -64,6 +64,7 @@ class RunResult:
     gguf: Path | None
     plots: dict[str, Path]         # name -> PNG
     seconds: float
+    report: Path | None = None     # runs/<name>/report.html: stages, data, training, plots and answers on one page
 
 
 @dataclass
@@ -519,6 +520,10 @@ def _run(name, *, taxonomy, model, teacher, runs_dir, from_stage, stages, config
     manifest["updated"] = _now()
     write(manifest_path, manifest)
     result = _result(plan, manifest, ran, skipped, time.perf_counter() - start)
+    if w.main:                             # after eval: the page shows every stage's files
+        from mlxlab.evaluate.report import write_report
+
+        result = dataclasses.replace(result, report=write_report(plan.dir))
     if not quiet and w.main:
         print_summary(result)
     return result
@@ -611,4 +616,6 @@ def print_summary(result: RunResult, file=None) -> None:
     console.print(table)
     for name, path in result.plots.items():
         console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+    if result.report is not None:
+        console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
     console.print(f"manifest: {result.manifest}  ({result.seconds:.0f} s)", highlight=False, soft_wrap=True)

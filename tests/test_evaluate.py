@@ -161,6 +161,9 @@ def test_sweep_writes_plots_table_and_heldout_loss(swept):
     assert {r["model"] for r in rows} == {"base", "iter 2", "iter 4"}
     summary = json.loads(swept.eval.summary_path.read_text())
     assert summary["score_kind"] == "rouge_l" and summary["models"]["iter 4"]["heldout_tokens"] > 0
+    report = swept.report.read_text(encoding="utf-8")           # one page: training, plots, answers
+    assert swept.report == swept.output / "report.html" and report.count("data:image/png;base64,") == 6
+    assert all(f"{label} (iteration {it})" in report for label, it in (("base", 0), ("iter 2", 2), ("iter 4", 4)))
 
 
 def test_answers_repeat_with_fixed_seeds(swept, tiny_llama, prompt_file, tmp_path):

@@ -105,9 +105,10 @@ def test_run_end_to_end_writes_a_complete_manifest(tiny_run):
     models = manifest["stages"]["eval"]["figures"]["models"]
     assert set(models) == {"base", "trained"} and all(m["heldout_loss"] > 0 for m in models.values())
     for name in ("config.yaml", "data/train.jsonl", "adapters/adapters.safetensors", "fused/config.json",
-                 "eval/summary.json", "eval/mean.png"):
+                 "eval/summary.json", "eval/mean.png", "report.html"):
         assert (run_dir / name).exists(), name
     assert "gguf" in proc.stdout and "held-out loss" in proc.stdout and str(gguf.name) in proc.stdout
+    assert f"report: {run_dir / 'report.html'}" in proc.stdout
 
 
 @pytest.mark.slow

@@ -512,6 +512,7 @@ class SweepResult:
     heldout_loss: dict[int, float | None]  # iteration (0 = base) -> held-out loss
     plots: dict[str, Path]
     table: Path
+    report: Path | None = None             # report.html: everything above on one page
 
 
 def _heldout_file(data: Path, test) -> Path | None:
@@ -530,10 +531,11 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
           train_config=None, train_overrides: dict | None = None, quiet: bool = False, **overrides) -> SweepResult:
     """Train once with checkpoints at `iters`, evaluate the base and every checkpoint, draw the paper's plots.
 
-    Writes `train/` (adapters, checkpoints, train_log.jsonl), `eval/` (results, summary), the PNGs and
-    `summary.md` into `output`. A finished training run there is reused; an interrupted one resumes.
+    Writes `train/` (adapters, checkpoints, train_log.jsonl), `eval/` (results, summary), the PNGs,
+    `summary.md` and `report.html` (all of it on one page) into `output`. A finished training run there is reused; an interrupted one resumes.
     """
     from mlxlab.evaluate.plots import sweep_plots, sweep_table
+    from mlxlab.evaluate.report import write_report
     from mlxlab.train.checkpoints import checkpoints
     from mlxlab.train.loop import TrainResult, train
 
@@ -564,4 +566,4 @@ def sweep(model=None, data: str | Path = "data", output: str | Path = "eval_swee
     losses = {labels[m]: v.get("heldout_loss") for m, v in result.summary["models"].items()}
     plots = sweep_plots(result.summary, trained.log, output)
     table = sweep_table(result.summary, output / "summary.md", plots)
-    return SweepResult(output, trained, result, losses, plots, table)
+    return SweepResult(output, trained, result, losses, plots, table, write_report(output))
