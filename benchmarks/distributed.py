@@ -40,7 +40,7 @@ import mlx.core as mx
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map
 from mlxlab.config import TrainConfig
-from mlxlab.train.loop import attach_adapters, load_base
+from mlxlab.train.adapters import attach_adapters, load_base
 cfg = TrainConfig(lora_rank=8, num_layers=16)
 model, _, _ = load_base(None, cfg)
 attach_adapters(model, cfg)

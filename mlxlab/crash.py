@@ -87,7 +87,8 @@ def _library(stacks: str) -> str | None:
         if "/llama_cpp/" in path or path.endswith(("mlxlab/teacher/llama_batch.py", "mlxlab/llamacpp.py")):
             return "llama.cpp"
         if "/mlx_lm/" in path or "/mlx/" in path or path.endswith(("mlxlab/teacher/mlx_batch.py",
-                                                                     "mlxlab/train/loop.py")):
+                                                                     "mlxlab/train/loop.py",
+                                                                     "mlxlab/train/adapters.py")):
             return "MLX"
         if "/gguf/" in path and "/mlxlab/gguf/" not in path:   # gguf-py, not mlxlab's own gguf stage
             return "gguf-py"

@@ -148,8 +148,8 @@ def test_a_native_crash_in_a_command_is_one_clear_line(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(     # the command's handler reads address 0
-        "import os, ctypes\nif os.environ.get('MLXLAB_SUPERVISED'):\n    import mlxlab.cli\n"
-        "    mlxlab.cli._cmd_taxonomy_validate = lambda args: ctypes.string_at(0)\n")
+        "import os, ctypes\nif os.environ.get('MLXLAB_SUPERVISED'):\n    import mlxlab.commands\n"
+        "    mlxlab.commands.cmd_taxonomy_validate = lambda args: ctypes.string_at(0)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "mlxlab", "taxonomy", "validate", str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=120)

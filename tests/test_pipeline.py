@@ -232,7 +232,7 @@ def test_phase_2_only_where_the_mix_holds_something_new(tmp_path):
 
 @pytest.mark.slow
 def test_run_on_knowledge_alone_trains_phase_1_and_says_phase_2_was_skipped(tiny_llama, smollm2_dir, tmp_path):
-    from mlxlab.pipeline import summary_rows
+    from mlxlab.run_result import summary_rows
     from tests.test_sdg import make_taxonomy as make_knowledge
 
     tax = make_knowledge(tmp_path / "taxonomy", knowledge=True)

@@ -119,7 +119,8 @@ def test_qlora_on_a_quantized_base(tiny_llama, chat_data, tmp_path, monkeypatch)
     import mlx.nn as nn
     from mlx_lm.utils import load, save_model
 
-    from mlxlab.train.loop import load_base, train
+    from mlxlab.train.adapters import load_base
+    from mlxlab.train.loop import train
     from mlxlab.config import TrainConfig
 
     model, tokenizer = load(str(tiny_llama))
@@ -239,7 +240,7 @@ def test_phases_chain(tiny_llama, chat_data, tmp_path):
 
 
 def test_combined_phases_name_the_kept_iteration(tmp_path):
-    from mlxlab.train.loop import combine_phases
+    from mlxlab.train.phases import combine_phases
 
     def phase(number: int, num_iters: int, best_iter: int | None, stopped: int | None = None) -> None:
         folder = tmp_path / f"phase_{number}"
@@ -340,7 +341,7 @@ def test_cli_phases_file_chains_phases(tiny_llama, chat_data, tmp_path):
 ])
 def test_phases_file_errors_name_file_and_line(tmp_path, text, line, message):
     from mlxlab.errors import MlxlabError
-    from mlxlab.train.loop import read_phases
+    from mlxlab.train.phases import read_phases
 
     path = tmp_path / "phases.yaml"
     path.write_text(text)

@@ -8,4 +8,4 @@ The names below load on first use (mlxlab.lazy).
 from mlxlab.lazy import exports as _exports
 
 __getattr__, __dir__, __all__ = _exports(__name__, {
-    "loop": "train train_phases TrainResult read_phases", "data": "read_jsonl read_sets"})
+    "loop": "train train_phases TrainResult", "phases": "read_phases", "data": "read_jsonl read_sets"})

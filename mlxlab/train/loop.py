@@ -10,7 +10,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import io
 import json
 import math
@@ -27,6 +26,8 @@ from mlxlab.train.checkpoints import (checkpoints, flatten, restore_checkpoint, 
 from mlxlab.config import TrainConfig, resolve, save_resolved, to_dict
 from mlxlab.errors import MlxlabError
 from mlxlab.files import atomic_write
+from mlxlab.train.adapters import adapter_config, attach_adapters, load_base
+from mlxlab.train.phases import combine_phases
 from mlxlab.train.train_log import read_log
 
 DEFAULT_ITERS = 100
@@ -67,85 +68,6 @@ class TrainResult:
         return cls(**{**saved, "adapters": Path(saved["adapters"]), "log": Path(saved["log"]),
                       "loss_plot": Path(saved["loss_plot"]) if saved["loss_plot"] else None,
                       "checkpoints": {int(k): Path(v) for k, v in saved["checkpoints"].items()}})
-
-
-def model_fingerprint(model) -> str:
-    """A short hash of the base model's parameter names, shapes and leading values (dtype-independent)."""
-    import hashlib
-
-    import mlx.core as mx
-    import numpy as np
-    from mlx.utils import tree_flatten
-
-    digest = hashlib.sha256()
-    for name, value in sorted(tree_flatten(model.parameters())):
-        digest.update(f"{name}:{tuple(value.shape)}".encode())
-        head = value.reshape(-1)[:32]
-        # float16 is exact for 16-bit originals upcast to float32, so CPU and Metal runs agree
-        head = head.astype(mx.float16) if mx.issubdtype(head.dtype, mx.floating) else head
-        digest.update(np.array(head).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def load_base(model_ref, cfg: TrainConfig):
-    """(model, tokenizer, fingerprint) with the device's dtype, quantized on load when `cfg.quantize` asks."""
-    import mlx.nn as nn
-
-    from mlxlab.device import apply_dtype
-    from mlxlab.models import load_model
-
-    # An explicit `quantize` asks for real QLoRA: keep a 4-bit base 4-bit even where the CPU policy
-    # would expand it.
-    model, tokenizer = load_model(model_ref, dequantize_on_load="never" if cfg.quantize else None)
-    fingerprint = model_fingerprint(model)
-    if cfg.quantize:
-        if cfg.quantize not in (4, 8):
-            raise MlxlabError(f"quantize must be 4 or 8, found {cfg.quantize}")
-        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
-            print("the base model is already quantized; quantize is ignored", file=sys.stderr)
-        else:
-            group = 64
-            nn.quantize(model, group_size=group, bits=cfg.quantize,
-                        class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % group == 0)
-            # cast scales and norms only: the CPU policy would expand the 4-bit weights back to float (plain LoRA)
-            apply_dtype(model, dequantize_on_load="never")
-    return model, tokenizer, fingerprint
-
-
-def adapter_config(cfg: TrainConfig, num_layers: int, model_ref: str) -> dict:
-    """mlx-lm's adapter_config.json fields, so `mlx_lm.load(base, adapter_path=...)` works."""
-    lora = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
-    if cfg.lora_keys:
-        lora["keys"] = list(cfg.lora_keys)
-    return {"fine_tune_type": cfg.method, "num_layers": num_layers, "model": model_ref,
-            "lora_parameters": None if cfg.method == "full" else lora,
-            "mlxlab": to_dict(cfg)["train"]}
-
-
-def attach_adapters(model, cfg: TrainConfig) -> int:
-    """Freeze the base and add trainable adapters (or unfreeze blocks for `full`); return the layers adapted."""
-    import mlx.nn as nn
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    layers = len(model.layers)
-    num_layers = layers if cfg.num_layers < 0 or cfg.num_layers > layers else cfg.num_layers
-    model.freeze()
-    if cfg.method == "full":
-        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
-            raise MlxlabError("method full cannot train a quantized base model",
-                              hint="use method lora (QLoRA), or load an unquantized model")
-        for layer in model.layers[-num_layers:]:
-            layer.unfreeze()
-    elif cfg.method in ("lora", "dora"):
-        params = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
-        if cfg.lora_keys:
-            params["keys"] = list(cfg.lora_keys)
-        linear_to_lora_layers(model, num_layers, params, use_dora=cfg.method == "dora")
-    else:
-        raise MlxlabError(f"unknown method {cfg.method!r}", hint="use one of: lora, dora, full")
-    if not any(True for _ in flatten(model.trainable_parameters())):
-        raise MlxlabError("nothing to train: no module matched lora_keys", hint="check --lora-keys")
-    return num_layers
 
 
 def make_optimizer(cfg: TrainConfig, num_iters: int):
@@ -656,78 +578,3 @@ def train_phases(model: str | Path | None, phases: list[dict], output: str | Pat
         for name in ("adapters.safetensors", "adapter_config.json"):
             shutil.copy2(previous / name, output / name)
     return TrainResult.from_json(from_main(lambda: combine_phases(output, len(phases)), "combining the phases"))
-
-
-def combine_phases(output: Path, count: int) -> dict:
-    """The result of phases 1..`count` under `output` as one training: writes `output/{result.json,
-    train_log.jsonl, loss.png}` and returns the result as JSON.
-
-    Iterations run on across phases (phase 2's iteration 1 follows phase 1's last), and every log row says its
-    phase. `best_iter` is the iteration of the adapters in `output`: a phase that kept its iteration 0 kept the
-    adapters it started from, those of the phase before.
-    """
-    from mlxlab.train.train_log import plot_loss, read_log
-
-    output = Path(output)
-    phases = [json.loads((output / f"phase_{n}" / "result.json").read_text(encoding="utf-8"))
-              for n in range(1, count + 1)]
-    rows, found, offset, kept = [], {}, 0, 0
-    for number, phase in enumerate(phases, start=1):
-        folder = output / f"phase_{number}"
-        rows += [{**row, "iter": row["iter"] + offset, "phase": number} for row in read_log(folder / "train_log.jsonl")]
-        found.update({offset + i: str(path) for i, path in checkpoints(folder).items()})
-        ran = phase.get("stopped_early") or phase["num_iters"]
-        if phase.get("best_iter") != 0:
-            kept = offset + (ran if phase.get("best_iter") is None else phase["best_iter"])
-        offset += ran
-    log = output / "train_log.jsonl"
-    atomic_write(log, "".join(json.dumps(r) + "\n" for r in rows))
-    plot = plot_loss(log, output / "loss.png", kept=kept)
-    last = phases[-1]
-    combined = {**last, "adapters": str(output), "checkpoints": found, "num_iters": offset,
-                "num_epochs": sum(p["num_epochs"] for p in phases), "log": str(log),
-                "loss_plot": str(plot) if plot else None, "best_iter": kept if last.get("best_iter") is not None
-                else None, "stopped_early": offset if last.get("stopped_early") else None,
-                "phases": [{k: v for k, v in p.items() if k != "phases"} for p in phases]}
-    atomic_write(output / "result.json", json.dumps(combined, indent=2))
-    return combined
-
-
-def read_phases(path: str | Path) -> list[dict]:
-    """Phases from a YAML list (`- data: DIR` plus any train settings per item), checked with file:line."""
-    import typing
-
-    import yaml
-
-    from mlxlab.config import coerce, compose_yaml
-
-    path = Path(path)
-    text, root = compose_yaml(path, "phases file")
-    example = 'e.g.\n  - {data: data/phase1, num_epochs: 1}\n  - {data: data, learning_rate: 5e-5}'
-    if not isinstance(root, yaml.SequenceNode) or not root.value:
-        raise MlxlabError("a phases file is a non-empty YAML list of phases", path=path, line=1, hint=example)
-    hints = typing.get_type_hints(TrainConfig)
-    names = ["data", *hints]
-    phases = []
-    for item in root.value:
-        where = dict(path=path, line=item.start_mark.line + 1, column=item.start_mark.column + 1)
-        if not isinstance(item, yaml.MappingNode):
-            raise MlxlabError("each phase is a mapping with `data` and train settings", **where, hint=example)
-        phase = {}
-        for key_node, value_node in item.value:
-            key = key_node.value
-            kwhere = dict(path=path, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                raise MlxlabError(f"unknown key '{key}' in a phase" + (f" (did you mean '{close[0]}'?)" if close
-                                                                        else ""), **kwhere)
-            value = yaml.SafeLoader(text).construct_object(value_node, deep=True)
-            try:
-                phase[key] = str(value) if key == "data" else coerce(value, hints[key], key)
-            except ValueError as exc:
-                raise MlxlabError(str(exc), path=path, line=value_node.start_mark.line + 1,
-                                  column=value_node.start_mark.column + 1) from None
-        if "data" not in phase:
-            raise MlxlabError("this phase has no `data`", **where, hint=example)
-        phases.append(phase)
-    return phases
